@@ -1,0 +1,59 @@
+"""Deployment conditions: how a (pruned) model is judged.
+
+Contract: ``condition.evaluate(model, test, seed) -> list[Measurement]``. The model is not
+modified (members that program hardware work on a copy). A condition may return many
+measurements: one per drift time, per attack strength, per repeated hardware draw; `tags` says
+which. Metrics are named plainly: "accuracy" (fraction in [0, 1]), "loss" (mean cross-entropy,
+nats), plus member-specific ones documented on the member.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..component import Component
+from ..registry import Registry
+
+CONDITIONS: Registry["Condition"] = Registry("deployment condition")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    metric: str  # e.g. "accuracy"
+    value: float
+    # Where in the condition's own grid this value sits, e.g. {"drift_time": 3600.0, "draw": 2}.
+    # Keys used by the store's columns: drift_time (seconds), draw (repetition index).
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def accuracy_and_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
+    """Top-1 accuracy (fraction) and mean cross-entropy (nats) of `model` on (x, y), eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            out = model(x[start : start + batch_size])
+            target = y[start : start + batch_size]
+            correct += int((out.argmax(dim=1) == target).sum())
+            loss_sum += float(nn.functional.cross_entropy(out, target, reduction="sum"))
+    finally:
+        model.train(was_training)
+    n = x.shape[0]
+    return correct / n, loss_sum / n
+
+
+class Condition(Component):
+    """Base of all deployment conditions; members implement `evaluate`."""
+
+    def evaluate(
+        self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], seed: int
+    ) -> list[Measurement]:
+        raise NotImplementedError

@@ -1,0 +1,168 @@
+"""Model architectures, dense training (cached on disk), masked fine-tuning, applying results.
+
+Architectures are built from (input_shape, n_classes) so one scenario file works on any dataset.
+`MLPNet` is the paper's first benchmark network: input → 40 → 20 → classes with ReLU.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import SwapHwError
+from .seeding import torch_generator
+
+
+class MLPNet(nn.Module):
+    """Fully connected ReLU network; `hidden=(40, 20)` is the SWAP/CBS paper's MLPNet."""
+
+    def __init__(self, input_shape: tuple[int, ...], n_classes: int, hidden: tuple[int, ...] = (40, 20)):
+        super().__init__()
+        in_features = 1
+        for s in input_shape:
+            in_features *= int(s)
+        dims = [in_features, *hidden, n_classes]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+# name → builder(input_shape, n_classes, **options). Other modules add architectures here.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlpnet": MLPNet}
+
+
+def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int, seed: int, **options) -> nn.Module:
+    """A freshly initialised model; initialisation is seeded (torch's global RNG, restored after)."""
+    from .seeding import torch_global_seed
+
+    if arch not in ARCHITECTURES:
+        raise SwapHwError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
+    with torch_global_seed(seed):
+        model = ARCHITECTURES[arch](tuple(input_shape), int(n_classes), **options)
+    return model
+
+
+def enforce_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero every masked-out weight in place (masks: name → bool, True = survives)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].dtype))
+
+
+def train_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    weight_decay: float = 0.0,
+    masks: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Train in place with Adam on cross-entropy; with `masks`, pruned weights stay exactly zero.
+
+    Masks are enforced after every optimiser step (Adam's moment estimates would otherwise revive
+    a zeroed weight), so the model leaves this function with its sparsity intact.
+    """
+    gen = torch_generator(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if masks is not None:
+        enforce_masks(model, masks)
+    model.train()
+    n = x.shape[0]
+    for _ in range(int(epochs)):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            if masks is not None:
+                enforce_masks(model, masks)
+    model.eval()
+    return model
+
+
+def apply_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of `model` with the named parameters replaced (e.g. a PruneResult's weights)."""
+    clone = copy.deepcopy(model)
+    params = dict(clone.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.reshape(params[name].shape))
+    clone.eval()
+    return clone
+
+
+def cache_key(description: dict) -> str:
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def cached_dense_model(
+    description: dict,
+    build: Callable[[], nn.Module],
+    train: Callable[[nn.Module], nn.Module],
+    cache_dir: str | os.PathLike | None,
+) -> tuple[nn.Module, bool]:
+    """Load the dense model for `description` from the cache, or build + train + store it.
+
+    Returns (model, was_cached). The file name is a hash of everything that determines the trained
+    weights; it is written atomically so concurrent workers never read a half-written file.
+    """
+    model = build()
+    if cache_dir is None:
+        return train(model), False
+    path = Path(cache_dir) / f"dense-{cache_key(description)}.pt"
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.eval()
+        return model, True
+    train(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    (path.with_suffix(".json")).write_text(json.dumps(description, indent=2, sort_keys=True, default=str))
+    return model, False
+
+
+def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
+    """Load a user's state_dict (or a {'state_dict': ...} / {'model': ...} bundle) into `model`."""
+    p = Path(path)
+    if not p.is_file():
+        raise SwapHwError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise SwapHwError(f"checkpoint {path} could not be read as a torch state_dict: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    elif isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SwapHwError(f"checkpoint {path} does not fit the configured architecture: {first}") from None
+    model.eval()
+    return model

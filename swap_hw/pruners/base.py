@@ -22,6 +22,7 @@ from ..component import Component
 from ..errors import ParameterError
 from ..gradients.base import GradientSet
 from ..layout import Layout
+from ..pqi import DEFAULT_P, DEFAULT_Q, pqi_log
 from ..registry import Registry
 
 PRUNERS: Registry["Pruner"] = Registry("pruner")
@@ -33,7 +34,8 @@ class PruneResult:
 
     masks:   name → bool tensor, True where the weight survives.
     weights: name → float tensor, the new weights, already zero wherever the mask is False.
-    log:     per-layer sparsity, solver stages (objective, step, time), warnings, total time.
+    log:     per-layer sparsity and PQI before/after ("layers"), global PQI before/after ("pqi"),
+             solver stages (objective, step, time), warnings, total time.
     """
 
     masks: dict[str, torch.Tensor]
@@ -83,6 +85,33 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
+def result_pqi_log(
+    layout: Layout,
+    w_before: torch.Tensor,
+    w_after: torch.Tensor,
+    mask: torch.Tensor,
+    masks: Mapping[str, torch.Tensor],
+) -> dict[str, Any]:
+    """The "layers" and "pqi" entries of a PruneResult log.
+
+    layers: one dict per pruned tensor: name, size, sparsity, pqi_before (over the dense reference
+            weights), pqi_after (over the surviving weights; None if none of them is non-zero).
+    pqi:    {"p", "q", "global_before", "global_after"} with the defaults p = 0.5, q = 1.
+    """
+    summary, per_layer = pqi_log(layout, w_before, w_after, mask, DEFAULT_P, DEFAULT_Q)
+    layers = [
+        {
+            "name": s.name,
+            "size": s.numel,
+            "sparsity": 1.0 - float(masks[s.name].sum()) / s.numel,
+            "pqi_before": per_layer[s.name]["before"],
+            "pqi_after": per_layer[s.name]["after"],
+        }
+        for s in layout.slices
+    ]
+    return {"layers": layers, "pqi": summary}
+
+
 class Pruner(Component):
     """Base of all pruners; members implement `_solve`."""
 
@@ -118,14 +147,7 @@ class Pruner(Component):
             "kept": int(mask.sum()),
             "d": layout.d,
             "seconds": seconds,
-            "layers": [
-                {
-                    "name": s.name,
-                    "size": s.numel,
-                    "sparsity": 1.0 - float(masks[s.name].sum()) / s.numel,
-                }
-                for s in layout.slices
-            ],
+            **result_pqi_log(layout, w_bar, w, mask, masks),
             **out.log,
         }
         return PruneResult(masks=masks, weights=new_weights, log=log)

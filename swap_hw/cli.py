@@ -1,0 +1,145 @@
+"""Command line: `run`, `validate`, `report`, `runs`. Thin: parse, call swap_hw, print.
+
+Exit codes: 0 success, 2 bad input (one line naming file and field, no traceback), 130 interrupted
+(finished cells are kept; run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import SwapHwError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="swap_hw", description="Prune under noisy gradients; judge on noisy hardware.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a scenario and print its summary table")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                     help="override a field, e.g. --set sparsities=[0.5,0.9] --set pruners[1].epsilon=0.05")
+    run.add_argument("--db", help="results database (default: the scenario's output.db)")
+    run.add_argument("--metric", default="accuracy", help="metric shown in the summary table")
+    run.add_argument("--quiet", action="store_true", help="no progress output, only the table")
+
+    val = sub.add_parser("validate", help="check a scenario file without running it")
+    val.add_argument("scenario")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+
+    rep = sub.add_parser("report", help="re-render results from the database only")
+    rep.add_argument("--db", default="results/swap_hw.sqlite")
+    rep.add_argument("--run", help="run id or a unique prefix (default: the newest run)")
+    rep.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    rep.add_argument("--metric", default="accuracy")
+    rep.add_argument("--out", help="write json/csv here instead of standard output")
+
+    runs = sub.add_parser("runs", help="list the runs in a database")
+    runs.add_argument("--db", default="results/swap_hw.sqlite")
+    return p
+
+
+def _open_store(db: str):
+    from pathlib import Path
+
+    from .store import Store
+
+    if not Path(db).is_file():
+        raise SwapHwError(f"{db}: no results database here (run a scenario first, or pass --db)")
+    return Store(db)
+
+
+def cmd_validate(args) -> int:
+    from .config import load_scenario
+    from .runner import plan_cells
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    print(f"{args.scenario}: valid — {len(plan_cells(scenario))} cells "
+          f"({len(scenario.sources)} sources × {len(scenario.pruners)} pruners × "
+          f"{len(scenario.spec.sparsities)} sparsities × {scenario.spec.repeats} replicates × "
+          f"{len(scenario.conditions)} conditions, plus dense references)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from .config import load_scenario
+    from .progress import ProgressReporter
+    from .report import render_table, summarize
+    from .runner import run_scenario
+    from .store import Store
+
+    scenario = load_scenario(args.scenario, args.overrides)  # validates everything before any work
+    console = Console()
+    with ProgressReporter(console, quiet=args.quiet) as progress:
+        summary = run_scenario(scenario, db=args.db, on_event=progress.event)
+    if not args.quiet:
+        console.print(f"run {summary.run_id}: {summary.computed} cells computed, {summary.skipped} already in "
+                      f"{summary.db}, {summary.seconds:.1f} s")
+    with Store(summary.db) as store:
+        records = store.records(summary.run_id)
+    render_table(summarize(records, args.metric), title=f"{scenario.name} — run {summary.run_id}", console=console)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import records_csv, records_json, render_table, summarize
+
+    with _open_store(args.db) as store:
+        run_id = store.resolve_run_id(args.run)
+        if run_id is None:
+            known = ", ".join(r["run_id"] for r in store.runs()) or "none"
+            what = f"no run matches {args.run!r}" if args.run else "the database holds no runs"
+            raise SwapHwError(f"{args.db}: --run: {what}; runs: {known}")
+        run = store.run(run_id)
+        records = store.records(run_id)
+    if args.format == "table":
+        render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
+        return 0
+    text = records_json(records) if args.format == "json" else records_csv(records)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    import datetime as dt
+
+    with _open_store(args.db) as store:
+        runs = store.runs()
+    table = Table(title=f"runs in {args.db}")
+    for col in ("run", "name", "scenario", "status", "cells done/planned", "started"):
+        table.add_column(col)
+    for r in runs:
+        started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M") if r["started_at"] else ""
+        table.add_row(r["run_id"], r["name"], r["scenario_file"] or "", r["status"] or "",
+                      f"{r['done']}/{r['planned']}", started)
+    Console().print(table)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "runs": cmd_runs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SwapHwError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Scenario files: YAML → validated, resolved `Scenario`, before any work starts.
+
+A scenario is validated whole: the top-level shape by pydantic models (unknown keys rejected), then
+every component entry (gradient source, pruner, deployment condition) against the `Params` model
+of the member it names. Any problem raises `ConfigError(file, field, message)`; the CLI prints it as
+one line and exits 2.
+
+Component entries take three forms::
+
+    pruners:
+      - magnitude                       # a bare name: default parameters
+      - {name: swap, epsilon: 0.05}     # name + parameters
+      - {name: swap, epsilon: [0, 0.1]} # a list on a scalar parameter expands into one member each
+
+A source entry may also be a chain, applied in order: ``- [label_noise, analog]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .component import Component
+from .errors import ConfigError
+from .models import ARCHITECTURES
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    name: Literal["digits", "mnist", "fashion_mnist", "cifar10", "npz"] = Field(
+        "digits", description="dataset; digits ships with scikit-learn and works offline"
+    )
+    root: str = Field("data", description="folder for torchvision datasets")
+    download: bool = Field(False, description="let torchvision download the dataset into root")
+    path: str | None = Field(None, description="the .npz file (x_train, y_train, x_test, y_test) for name: npz")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits only: fraction held out for testing")
+    limit_train: int | None = Field(None, gt=0, description="use only the first N training examples")
+    limit_test: int | None = Field(None, gt=0, description="use only the first N test examples")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(30, ge=0, description="dense training epochs (0 = prune the initialised model)")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate")
+    batch_size: int = Field(64, gt=0, description="minibatch size")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+
+
+class ModelConfig(Strict):
+    arch: str = Field("mlpnet", description="architecture name")
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the architecture")
+    checkpoint: str | None = Field(None, description="a state_dict file to load instead of training")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {v!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
+        return v
+
+
+class CalibrationConfig(Strict):
+    n: int = Field(1000, gt=0, description="calibration examples whose per-sample gradients pruners see")
+
+
+class OutputConfig(Strict):
+    db: str = Field("results/swap_hw.sqlite", description="SQLite results database")
+    cache_dir: str = Field("results/cache", description="where trained dense models are cached")
+
+
+Sparsity = Union[float, Literal["auto"]]
+
+
+class ScenarioFile(Strict):
+    """The top-level shape of a scenario file (components are checked separately)."""
+
+    name: str | None = Field(None, description="display name; defaults to the file name")
+    seed: int = Field(0, ge=0, description="root seed; every draw's seed derives from it")
+    repeats: int = Field(3, ge=1, description="independent replicates (calibration draw, noise, hardware draws)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    sources: list[Any] = Field(default_factory=lambda: ["clean"], min_length=1)
+    pruners: list[Any] = Field(min_length=1)
+    sparsities: list[Sparsity] = Field(min_length=1)
+    conditions: list[Any] = Field(default_factory=lambda: ["digital"], min_length=1)
+    protocol: Literal["one_shot"] = Field("one_shot", description="one_shot: prune, evaluate, no retraining")
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario with its component lists expanded into instances."""
+
+    file: str
+    text: str
+    spec: ScenarioFile
+    sources: tuple[Component, ...]
+    pruners: tuple[Component, ...]
+    conditions: tuple[Component, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name or Path(self.file).stem
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved configuration: defaults filled, lists expanded. Saved with results."""
+        out = self.spec.model_dump(mode="json")
+        out["name"] = self.name
+        out["sources"] = [s.describe() for s in self.sources]
+        out["pruners"] = [p.describe() for p in self.pruners]
+        out["conditions"] = [c.describe() for c in self.conditions]
+        return out
+
+    def config_hash(self) -> str:
+        text = json.dumps(self.resolved(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_message(err: dict) -> str:
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required field is missing"
+    if err["type"].startswith("literal_error"):
+        return msg.replace("Input should be", "allowed:")
+    return msg
+
+
+def _raise_first(file: str, exc: ValidationError, prefix: tuple = ()) -> None:
+    err = exc.errors()[0]
+    # pydantic adds union-member tags ("float", "literal['auto']") to locations; they are not fields
+    tags = {"float", "int", "str", "bool"}
+    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in tags)))
+    raise ConfigError(file, _field_path(loc), _pydantic_message(err)) from None
+
+
+def _is_list_annotation(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_is_list_annotation(a) for a in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _is_list_annotation(typing.get_args(annotation)[0])
+    return False
+
+
+def _expand_entry(params_cls: type, raw: dict) -> list[dict]:
+    """Expand list values given for scalar fields into the cartesian product of members."""
+    axes: list[tuple[str, list]] = []
+    fixed: dict[str, Any] = {}
+    fields = params_cls.model_fields
+    by_alias = {f.alias: name for name, f in fields.items() if f.alias}
+    for key, value in raw.items():
+        fname = by_alias.get(key, key)
+        field = fields.get(fname)
+        if isinstance(value, list) and field is not None and not _is_list_annotation(field.annotation):
+            if not value:  # an empty list expands to nothing: let validation reject it
+                fixed[key] = value
+            else:
+                axes.append((key, value))
+        else:
+            fixed[key] = value
+    if not axes:
+        return [dict(raw)]
+    keys = [k for k, _ in axes]
+    return [{**fixed, **dict(zip(keys, combo))} for combo in itertools.product(*(v for _, v in axes))]
+
+
+def build_component(registry, entry: Any, file: str, path: str) -> list[Component]:
+    """Validate one component entry (name or mapping) and return the member instance(s)."""
+    if isinstance(entry, str):
+        name, raw = entry, {}
+    elif isinstance(entry, dict):
+        if "name" not in entry:
+            raise ConfigError(file, f"{path}.name", f"required; valid: {', '.join(registry.names())}")
+        raw = {k: v for k, v in entry.items() if k != "name"}
+        name = entry["name"]
+    else:
+        raise ConfigError(file, path, f"expected a {registry.family} name or a mapping with 'name', got {entry!r}")
+    if not isinstance(name, str) or name not in registry:
+        raise ConfigError(file, f"{path}.name" if isinstance(entry, dict) else path,
+                          f"unknown {registry.family} {name!r}; valid: {', '.join(registry.names())}")
+    cls = registry.get(name)
+    members = []
+    for params in _expand_entry(cls.Params, raw):
+        try:
+            members.append(cls(cls.Params.model_validate(params)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(file, _field_path((path,) + tuple(err["loc"])) if err["loc"] else path,
+                              _pydantic_message(err)) from None
+    return members
+
+
+def _build_sources(entries: list, file: str) -> list[Component]:
+    from .gradients import GRADIENT_SOURCES
+    from .gradients.chain import ChainedSource
+
+    out: list[Component] = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, list):
+            if not entry:
+                raise ConfigError(file, f"sources[{i}]", "an empty chain; list at least one source")
+            parts = [build_component(GRADIENT_SOURCES, e, file, f"sources[{i}][{j}]") for j, e in enumerate(entry)]
+            out.extend(ChainedSource(list(combo)) for combo in itertools.product(*parts))
+        else:
+            out.extend(build_component(GRADIENT_SOURCES, entry, file, f"sources[{i}]"))
+    return out
+
+
+def set_override(data: dict, dotted: str, value_text: str, file: str) -> None:
+    """Apply one ``--set a.b[0].c=value`` (or ``a.b.0.c=value``) override to raw YAML data."""
+    value = yaml.safe_load(value_text) if value_text != "" else ""
+    parts: list[Any] = []
+    for token in dotted.replace("[", ".").replace("]", "").split("."):
+        if token == "":
+            raise ConfigError(file, dotted, "empty path component in --set")
+        parts.append(int(token) if token.isdigit() else token)
+    node: Any = data
+    for depth, key in enumerate(parts[:-1]):
+        nxt = parts[depth + 1]
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise ConfigError(file, dotted, f"--set: index {key!r} is not in a list of {len(node)}")
+            if isinstance(node[key], str) and not isinstance(nxt, int):
+                node[key] = {"name": node[key]}  # bare component name → mapping, to add a parameter
+            node = node[key]
+        elif isinstance(node, dict):
+            if key not in node or node[key] is None:
+                node[key] = [] if isinstance(nxt, int) else {}
+            elif isinstance(node[key], str) and not isinstance(nxt, int):
+                node[key] = {"name": node[key]}
+            node = node[key]
+        else:
+            raise ConfigError(file, dotted, "--set: path goes through a scalar value")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise ConfigError(file, dotted, f"--set: index {last!r} is not in a list of {len(node)}")
+    elif not isinstance(node, dict):
+        raise ConfigError(file, dotted, "--set: path goes through a scalar value")
+    node[last] = value
+
+
+def parse_scenario_text(text: str, file: str, overrides: list[str] | None = None) -> Scenario:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(file, "", f"invalid YAML: {where}{problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", f"a scenario must be a YAML mapping, got {type(data).__name__}")
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(file, item, "--set takes path.to.field=value")
+        key, value = item.split("=", 1)
+        set_override(data, key.strip(), value.strip(), file)
+    try:
+        spec = ScenarioFile.model_validate(data)
+    except ValidationError as exc:
+        _raise_first(file, exc)
+    for i, s in enumerate(spec.sparsities):
+        if s != "auto" and not (0.0 <= float(s) < 1.0):
+            raise ConfigError(file, f"sparsities[{i}]", f"{s!r} is outside [0, 1); allowed: numbers in [0, 1) or 'auto'")
+
+    from .deploy import CONDITIONS
+    from .pruners import PRUNERS
+
+    sources = _build_sources(spec.sources, file)
+    pruners = [m for i, e in enumerate(spec.pruners) for m in build_component(PRUNERS, e, file, f"pruners[{i}]")]
+    conditions = [m for i, e in enumerate(spec.conditions) for m in build_component(CONDITIONS, e, file, f"conditions[{i}]")]
+    for family, members in (("sources", sources), ("pruners", pruners), ("conditions", conditions)):
+        labels = [m.label for m in members]
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise ConfigError(file, family, f"listed twice: {', '.join(sorted(dup))}")
+    scenario = Scenario(file, text, spec, tuple(sources), tuple(pruners), tuple(conditions))
+    _check_combinations(scenario)
+    return scenario
+
+
+def _check_combinations(scenario: Scenario) -> None:
+    """Cross-field checks each member may ask for (a hook: `validate_scenario(scenario, file, path)`)."""
+    for family, members in (("sources", scenario.sources), ("pruners", scenario.pruners),
+                            ("conditions", scenario.conditions)):
+        for i, member in enumerate(members):
+            check = getattr(member, "validate_scenario", None)
+            if check is not None:
+                check(scenario, scenario.file, f"{family}[{i}]")
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read and validate a scenario file; raise ConfigError naming file and field on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(str(path), "", "file not found" if not p.exists() else "not a file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc}") from None
+    return parse_scenario_text(text, str(path), overrides)

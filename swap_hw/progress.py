@@ -1,0 +1,67 @@
+"""Progress output for `run`: a rich progress bar on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class ProgressReporter:
+    """Receives runner events (`plan`, `prepare`, `cell`, `finish`) and shows them.
+
+    On a terminal: one bar with cells done / to do, elapsed and estimated time left. When stdout
+    is not a terminal (CI, `| tee`): one line per event, at most one line per second for cells.
+    `quiet`: nothing.
+    """
+
+    def __init__(self, console, quiet: bool = False):
+        self.console = console
+        self.quiet = quiet
+        self.interactive = console.is_terminal and not quiet
+        self._progress = None
+        self._task = None
+        self._last_line = 0.0
+        self._start = time.perf_counter()
+
+    def __enter__(self) -> "ProgressReporter":
+        if self.interactive:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                      console=self.console, transient=False)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def event(self, kind: str, **info: Any) -> None:
+        if self.quiet:
+            return
+        if kind == "plan":
+            msg = f"run {info['run_id']}: {info['total']} cells, {info['total'] - info['todo']} already done"
+            if self._progress is not None:
+                self.console.print(msg)
+                self._task = self._progress.add_task("cells", total=max(info["todo"], 1) if info["todo"] else 1,
+                                                     completed=0 if info["todo"] else 1)
+            else:
+                print(msg, flush=True)
+        elif kind == "prepare":
+            if self._progress is not None and self._task is not None:
+                self._progress.update(self._task, description=info["message"])
+            else:
+                print(info["message"], flush=True)
+        elif kind == "cell":
+            rec = info["record"]
+            if self._progress is not None and self._task is not None:
+                self._progress.update(self._task, completed=info["done"],
+                                      description=f"{rec.pruner} s={rec.sparsity_label} {rec.condition}")
+            else:
+                now = time.perf_counter()
+                if now - self._last_line >= 1.0 or info["done"] == info["todo"]:
+                    self._last_line = now
+                    print(f"[{now - self._start:7.1f} s] {info['done']}/{info['todo']} cells "
+                          f"({rec.pruner}, s={rec.sparsity_label}, {rec.condition})", flush=True)

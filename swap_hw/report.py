@@ -1,0 +1,169 @@
+"""Reports read only the results database: summary tables (rich), JSON and CSV records.
+
+Summary statistic: for every (source, pruner, sparsity) row and (condition, drift time) column,
+values are first averaged within a replicate (over repeated hardware draws), then reported as the
+mean over replicates ± the half-width of a 95% Student-t confidence interval over replicates
+(t_{0.975, n−1} · s / √n; shown as "±–" with a single replicate). Within each (source, sparsity)
+block the best mean of every column is marked with ★ (higher is better for accuracy, lower for
+loss); the dense reference row is not ranked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .store import RECORD_FIELDS
+
+LOWER_IS_BETTER = {"loss"}
+
+
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of a Student-t confidence interval; half-width NaN for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    from scipy import stats
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def format_drift(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    for unit, size in (("y", 31536000), ("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and abs(seconds / size - round(seconds / size)) < 1e-9:
+            return f"{round(seconds / size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@dataclass
+class Summary:
+    metric: str
+    columns: list[tuple[str, float | None]]  # (condition, drift_time)
+    rows: list[tuple[str, str, str]]  # (source, pruner, sparsity_label)
+    cells: dict[tuple, dict[tuple, tuple[float, float, int]]]  # row → column → (mean, ci, n)
+    best: set[tuple[tuple, tuple]]
+
+    def column_label(self, col: tuple[str, float | None]) -> str:
+        cond, drift = col
+        return f"{cond} @ {format_drift(drift)}" if drift is not None else cond
+
+
+def _sparsity_sort(label: str) -> float:
+    try:
+        return float(label)
+    except ValueError:
+        return 2.0  # "auto" after the numeric ones
+
+
+def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
+    per_seed: dict[tuple, dict[tuple, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    pruner_order: dict[str, int] = {}
+    for r in records:
+        if r["metric"] != metric or r["value"] is None:
+            continue
+        row = (r["source"], r["pruner"], r["sparsity_label"])
+        col = (r["condition"], r["drift_time"])
+        per_seed[row][col][r["seed"]].append(r["value"])
+        pruner_order.setdefault(r["pruner"], len(pruner_order))
+    cells: dict[tuple, dict[tuple, tuple[float, float, int]]] = {}
+    columns: set[tuple] = set()
+    for row, cols in per_seed.items():
+        cells[row] = {}
+        for col, seeds in cols.items():
+            means = [sum(v) / len(v) for _, v in sorted(seeds.items())]
+            m, ci = t_interval(means)
+            cells[row][col] = (m, ci, len(means))
+            columns.add(col)
+    cond_order: dict[str, int] = {}
+    for r in sorted(columns, key=lambda c: (c[0] != "digital", c[0])):
+        cond_order.setdefault(r[0], len(cond_order))
+    ordered_cols = sorted(columns, key=lambda c: (cond_order[c[0]], c[1] if c[1] is not None else -1))
+    rows = sorted(cells, key=lambda r: (r[1] != "dense", r[0], _sparsity_sort(r[2]), r[1]))
+    best: set[tuple[tuple, tuple]] = set()
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    blocks: dict[tuple, list[tuple]] = defaultdict(list)
+    for row in rows:
+        if row[1] != "dense":
+            blocks[(row[0], row[2])].append(row)
+    for block_rows in blocks.values():
+        if len(block_rows) < 2:
+            continue
+        for col in ordered_cols:
+            scored = [(sign * cells[r][col][0], r) for r in block_rows if col in cells[r]]
+            if scored:
+                top = max(s for s, _ in scored)
+                best.update((r, col) for s, r in scored if s == top)
+    return Summary(metric, ordered_cols, rows, cells, best)
+
+
+def _fmt(metric: str, mean: float, ci: float) -> str:
+    scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 3)
+    m = f"{mean * scale:.{digits}f}"
+    return f"{m} ± {ci * scale:.{digits}f}" if not math.isnan(ci) else f"{m} ±–"
+
+
+def render_table(summary: Summary, title: str = "", console=None) -> None:
+    """Print the summary as a rich table (accuracy shown in %)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    unit = " (%)" if summary.metric == "accuracy" else ""
+    table = Table(title=title or None, caption=f"{summary.metric}{unit}, mean ± 95% CI over replicates, ★ = best at that sparsity")
+    show_source = len({r[0] for r in summary.rows if r[1] != "dense"}) > 1
+    if show_source:
+        table.add_column("source")
+    table.add_column("pruner")
+    table.add_column("sparsity", justify="right")
+    for col in summary.columns:
+        table.add_column(summary.column_label(col), justify="right")
+    previous_block = None
+    for row in summary.rows:
+        block = (row[0], row[2])
+        if previous_block is not None and block != previous_block:
+            table.add_section()
+        previous_block = block
+        values = []
+        for col in summary.columns:
+            if col not in summary.cells[row]:
+                values.append("")
+                continue
+            mean, ci, _ = summary.cells[row][col]
+            text = _fmt(summary.metric, mean, ci)
+            values.append(f"[bold green]★ {text}[/]" if (row, col) in summary.best else text)
+        lead = [row[0]] if show_source else []
+        table.add_row(*lead, row[1], row[2], *values)
+    console.print(table)
+
+
+def records_json(records: list[dict]) -> str:
+    return json.dumps([{k: r.get(k) for k in RECORD_FIELDS} for r in records], indent=1)
+
+
+def records_csv(records: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(RECORD_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: r.get(k) for k in RECORD_FIELDS})
+    return buf.getvalue()
+
+
+def summary_as_dict(summary: Summary) -> list[dict[str, Any]]:
+    out = []
+    for row in summary.rows:
+        for col, (mean, ci, n) in summary.cells[row].items():
+            out.append({"source": row[0], "pruner": row[1], "sparsity": row[2], "condition": col[0],
+                        "drift_time": col[1], "metric": summary.metric, "mean": mean,
+                        "ci95": None if math.isnan(ci) else ci, "replicates": n,
+                        "best": (row, col) in summary.best})
+    return out

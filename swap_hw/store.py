@@ -1,0 +1,263 @@
+"""The results database: one SQLite file, written only by the coordinating process.
+
+Tables:
+- runs:         one row per scenario (run_id = hash of the resolved config, so running the same
+                scenario again resumes the same run): scenario text, resolved config, root seed,
+                package versions, git commit, start/end, how many times it was invoked.
+- cells:        one row per finished cell, keyed by `cell_key` = hash of everything that determines
+                the cell (data, model, training, calibration, source, replicate, pruner, sparsity,
+                condition, protocol, root seed). Cells are shared between runs with equal keys.
+- measurements: the long-format values of a cell (metric, value, drift_time, draw, other tags).
+- run_cells:    which cells a run planned, so a report of a run shows exactly its grid.
+
+A cell and its measurements are written in one transaction: a crash loses at most the cell in
+flight, and a finished cell is never half-written. The `records` view joins everything into the
+long format the reports and exports read.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scenario_file TEXT,
+    scenario_text TEXT,
+    resolved_json TEXT NOT NULL,
+    root_seed INTEGER NOT NULL,
+    versions_json TEXT,
+    git_commit TEXT,
+    started_at REAL,
+    finished_at REAL,
+    status TEXT,
+    invocations INTEGER DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_key TEXT PRIMARY KEY,
+    pruner TEXT NOT NULL,
+    pruner_json TEXT,
+    source TEXT NOT NULL,
+    source_json TEXT,
+    sparsity_label TEXT NOT NULL,
+    sparsity REAL,
+    seed INTEGER NOT NULL,
+    condition TEXT NOT NULL,
+    condition_json TEXT,
+    protocol TEXT NOT NULL,
+    prune_log_json TEXT,
+    provenance_json TEXT,
+    seconds REAL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    cell_key TEXT NOT NULL REFERENCES cells(cell_key),
+    metric TEXT NOT NULL,
+    value REAL,
+    drift_time REAL,
+    draw INTEGER,
+    tags_json TEXT
+);
+CREATE INDEX IF NOT EXISTS measurements_cell ON measurements(cell_key);
+CREATE TABLE IF NOT EXISTS run_cells (
+    run_id TEXT NOT NULL,
+    cell_key TEXT NOT NULL,
+    PRIMARY KEY (run_id, cell_key)
+);
+CREATE VIEW IF NOT EXISTS records AS
+    SELECT rc.run_id AS run, c.pruner, c.source, c.sparsity_label, c.sparsity, c.seed,
+           c.condition, c.protocol, m.drift_time, m.draw, m.metric, m.value, m.tags_json,
+           c.cell_key
+    FROM run_cells rc JOIN cells c ON c.cell_key = rc.cell_key
+    JOIN measurements m ON m.cell_key = c.cell_key;
+"""
+
+RECORD_FIELDS = (
+    "run", "pruner", "source", "sparsity_label", "sparsity", "seed", "condition", "protocol",
+    "drift_time", "draw", "metric", "value",
+)
+
+
+@dataclass
+class CellRecord:
+    """A finished cell, ready to be written."""
+
+    cell_key: str
+    pruner: str
+    source: str
+    sparsity_label: str  # "0.9" or "auto"
+    sparsity: float | None  # the realised sparsity (for auto: the chosen target)
+    seed: int  # replicate index
+    condition: str
+    protocol: str
+    measurements: list[dict[str, Any]]  # {metric, value, tags}
+    pruner_json: dict | None = None
+    source_json: dict | None = None
+    condition_json: dict | None = None
+    prune_log: dict | None = None
+    provenance: dict | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _dumps(obj: Any) -> str | None:
+    return None if obj is None else json.dumps(obj, sort_keys=True, default=_jsonable)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, name: str, scenario_file: str, scenario_text: str,
+                  resolved: dict, root_seed: int, versions: dict, git_commit: str | None) -> None:
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.conn.execute("SELECT run_id FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                self.conn.execute(
+                    "INSERT INTO runs (run_id, name, scenario_file, scenario_text, resolved_json, root_seed,"
+                    " versions_json, git_commit, started_at, status, invocations) VALUES (?,?,?,?,?,?,?,?,?,?,1)",
+                    (run_id, name, scenario_file, scenario_text, _dumps(resolved), root_seed,
+                     _dumps(versions), git_commit, now, "running"),
+                )
+            else:
+                self.conn.execute(
+                    "UPDATE runs SET status='running', invocations=invocations+1, versions_json=?,"
+                    " git_commit=?, scenario_text=? WHERE run_id=?",
+                    (_dumps(versions), git_commit, scenario_text, run_id),
+                )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def plan_cells(self, run_id: str, cell_keys: Iterable[str]) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany("INSERT OR IGNORE INTO run_cells (run_id, cell_key) VALUES (?, ?)",
+                              [(run_id, k) for k in cell_keys])
+        self.conn.execute("COMMIT")
+
+    def finish_run(self, run_id: str, status: str = "finished") -> None:
+        self.conn.execute("UPDATE runs SET status=?, finished_at=? WHERE run_id=?", (status, time.time(), run_id))
+
+    def runs(self) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT r.run_id, r.name, r.scenario_file, r.status, r.started_at, r.finished_at, r.invocations,"
+            " (SELECT COUNT(*) FROM run_cells rc WHERE rc.run_id=r.run_id) AS planned,"
+            " (SELECT COUNT(*) FROM run_cells rc JOIN cells c ON c.cell_key=rc.cell_key"
+            "   WHERE rc.run_id=r.run_id) AS done FROM runs r ORDER BY r.started_at"
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def run(self, run_id: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def resolve_run_id(self, prefix: str | None) -> str | None:
+        """The newest run if `prefix` is None, else the unique run whose id starts with it."""
+        if prefix is None:
+            row = self.conn.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+            return row["run_id"] if row else None
+        rows = self.conn.execute("SELECT run_id FROM runs WHERE run_id LIKE ?", (prefix + "%",)).fetchall()
+        if len(rows) == 1:
+            return rows[0]["run_id"]
+        return None
+
+    # --- cells --------------------------------------------------------------------------------
+
+    def done_keys(self, keys: Iterable[str] | None = None) -> set[str]:
+        if keys is None:
+            return {r[0] for r in self.conn.execute("SELECT cell_key FROM cells")}
+        keys = list(keys)
+        done: set[str] = set()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT cell_key FROM cells WHERE cell_key IN ({','.join('?' * len(chunk))})"
+            done.update(r[0] for r in self.conn.execute(q, chunk))
+        return done
+
+    def write_cell(self, cell: CellRecord) -> bool:
+        """Write a finished cell and its measurements atomically. False if it was already there."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO cells (cell_key, pruner, pruner_json, source, source_json, sparsity_label,"
+                " sparsity, seed, condition, condition_json, protocol, prune_log_json, provenance_json, seconds,"
+                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (cell.cell_key, cell.pruner, _dumps(cell.pruner_json), cell.source, _dumps(cell.source_json),
+                 cell.sparsity_label, cell.sparsity, cell.seed, cell.condition, _dumps(cell.condition_json),
+                 cell.protocol, _dumps(cell.prune_log), _dumps(cell.provenance), cell.seconds, time.time()),
+            )
+            inserted = cur.rowcount == 1
+            if inserted:
+                rows = []
+                for m in cell.measurements:
+                    tags = dict(m.get("tags") or {})
+                    drift = tags.pop("drift_time", None)
+                    draw = tags.pop("draw", None)
+                    rows.append((cell.cell_key, m["metric"], float(m["value"]) if m["value"] is not None else None,
+                                 drift, draw, _dumps(tags) if tags else None))
+                self.conn.executemany(
+                    "INSERT INTO measurements (cell_key, metric, value, drift_time, draw, tags_json)"
+                    " VALUES (?,?,?,?,?,?)", rows)
+            self.conn.execute("COMMIT")
+            return inserted
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def records(self, run_id: str) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT * FROM records WHERE run=? ORDER BY pruner, source, sparsity, seed, condition, drift_time, draw",
+            (run_id,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            tags = json.loads(d.pop("tags_json")) if d.get("tags_json") else {}
+            d.update({f"tag_{k}": v for k, v in tags.items()})
+            out.append(d)
+        return out
+
+    def cell_logs(self, run_id: str) -> list[dict]:
+        rows = self.conn.execute(
+            "SELECT c.* FROM run_cells rc JOIN cells c ON c.cell_key = rc.cell_key WHERE rc.run_id=?"
+            " ORDER BY c.pruner, c.source, c.sparsity, c.seed", (run_id,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            for k in ("pruner_json", "source_json", "condition_json", "prune_log_json", "provenance_json"):
+                d[k] = json.loads(d[k]) if d.get(k) else None
+            out.append(d)
+        return out

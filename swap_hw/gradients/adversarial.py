@@ -1,0 +1,90 @@
+"""`adversarial`: per-sample gradients at calibration inputs partly replaced by adversarial ones.
+
+A seeded choice picks EXACTLY m = round(fraction·n) calibration examples; each x_i is replaced by
+an adversarial x'_i crafted against the dense digital model with its true label y_i (untargeted,
+budget ‖x'_i − x_i‖ ≤ eps in input units, L∞ or L2 for pgdl2; see swap_hw/attacks.py). Row i of X
+is then ∂ CE(f(x'_i), y_i) / ∂w: the label stays right, the input moves to where the model's loss
+is high, so these rows are large and point along the model's most sensitive directions — the
+noise a pruner calibrated on attacked (or distribution-shifted) data sees.
+
+Provenance records the count and realised fraction replaced, the attack's success on them
+(fraction of replaced examples misclassified after the attack, and before it), and the mean and
+max perturbation norms actually used.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..attacks import AttackSettings, craft_adversarial, perturbation_norms
+from ..seeding import derive_seed, torch_generator
+from .base import GRADIENT_SOURCES, GradientSource
+
+
+@GRADIENT_SOURCES.register("adversarial")
+class AdversarialSource(GradientSource):
+    """Per-sample gradients where a fraction of calibration inputs are adversarial examples."""
+
+    stochastic = True
+
+    class Params(AttackSettings):
+        eps: float = Field(
+            0.1,
+            ge=0.0,
+            description="attack budget in input units (inputs are in [0, 1]): L∞ radius, or L2 "
+            "radius for pgdl2; 0 leaves the inputs clean",
+        )
+        fraction: float = Field(
+            0.5,
+            ge=0.0,
+            le=1.0,
+            description="fraction of calibration examples replaced by adversarial ones, exactly "
+            "round(fraction·n), chosen by a seeded draw",
+        )
+
+        @model_validator(mode="after")
+        def _linf_budget(self):
+            if self.attack != "pgdl2" and self.eps > 1.0:
+                raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {self.eps}")
+            return self
+
+    def transform_batch(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, provenance: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.params
+        n = int(x.shape[0])
+        m = int(round(p.fraction * n))
+        gen = torch_generator(derive_seed(seed, "adversarial-choice"))
+        chosen = torch.randperm(n, generator=gen)[:m].sort().values
+        x_sel, y_sel = x[chosen], y[chosen]
+        x_adv = craft_adversarial(model, x_sel, y_sel, p, p.eps, derive_seed(seed, "adversarial-craft"))
+        x_out = x.clone()
+        x_out[chosen] = x_adv
+
+        record: dict = {"replaced": m, "realised_fraction": m / n if n else 0.0}
+        if m:
+            linf, l2 = perturbation_norms(x_sel, x_adv)
+            wrong_before, wrong_after = _error_rates(model, x_sel, x_adv, y_sel)
+            record.update(
+                error_before=wrong_before,
+                error_after=wrong_after,
+                linf_mean=float(linf.mean()),
+                linf_max=float(linf.max()),
+                l2_mean=float(l2.mean()),
+            )
+        provenance["adversarial"] = record
+        return x_out, y
+
+
+@torch.no_grad()
+def _error_rates(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        before = float((model(x).argmax(dim=1) != y).float().mean())
+        after = float((model(x_adv).argmax(dim=1) != y).float().mean())
+    finally:
+        model.train(was_training)
+    return before, after

@@ -1,0 +1,40 @@
+"""Shared fixtures: small scenarios on the embedded digits data, written to temporary folders."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def write_scenario(tmp_path: Path):
+    """Write a scenario YAML into tmp_path (with output paths inside tmp_path) and return its path."""
+
+    def write(body: str, name: str = "scenario.yaml") -> Path:
+        text = textwrap.dedent(body)
+        if "output:" not in text:
+            text += f"\noutput: {{db: {tmp_path / 'results.sqlite'}, cache_dir: {tmp_path / 'cache'}}}\n"
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """A small MLPNet trained on digits (about 90 % test accuracy), shared by the whole session."""
+    from swap_hw.data import load_digits_splits
+    from swap_hw.models import build_model, train_model
+
+    splits = load_digits_splits(0.2, 0)
+    model = build_model("mlpnet", splits.input_shape, splits.n_classes, seed=0)
+    train_model(model, splits.x_train, splits.y_train, epochs=10, lr=3e-3, batch_size=64, seed=1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, splits

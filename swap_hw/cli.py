@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=["table", "json", "csv"], default="table")
     rep.add_argument("--metric", default="accuracy")
     rep.add_argument("--out", help="write json/csv here instead of standard output")
+    rep.add_argument("--layers", action="store_true",
+                     help="also show per-layer sparsity and PQ index before → after for every pruner")
 
     runs = sub.add_parser("runs", help="list the runs in a database")
     runs.add_argument("--db", default="results/swap_hw.sqlite")
@@ -64,16 +66,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from rich.console import Console
-
     from .config import load_scenario
     from .progress import ProgressReporter
-    from .report import render_table, summarize
+    from .report import make_console, render_table, summarize
     from .runner import run_scenario
     from .store import Store
 
     scenario = load_scenario(args.scenario, args.overrides)  # validates everything before any work
-    console = Console()
+    console = make_console()
     with ProgressReporter(console, quiet=args.quiet) as progress:
         summary = run_scenario(scenario, db=args.db, on_event=progress.event)
     if not args.quiet:
@@ -96,8 +96,13 @@ def cmd_report(args) -> int:
             raise SwapHwError(f"{args.db}: --run: {what}; runs: {known}")
         run = store.run(run_id)
         records = store.records(run_id)
+        cell_logs = store.cell_logs(run_id) if args.layers else []
     if args.format == "table":
         render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
+        if args.layers:
+            from .report import layer_rows, render_layers
+
+            render_layers(layer_rows(cell_logs), title=f"per-layer sparsity and PQ index — run {run_id}")
         return 0
     text = records_json(records) if args.format == "json" else records_csv(records)
     if args.out:
@@ -109,9 +114,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
     import datetime as dt
+
+    from rich.table import Table
+
+    from .report import make_console
 
     with _open_store(args.db) as store:
         runs = store.runs()
@@ -122,7 +129,7 @@ def cmd_runs(args) -> int:
         started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M") if r["started_at"] else ""
         table.add_row(r["run_id"], r["name"], r["scenario_file"] or "", r["status"] or "",
                       f"{r['done']}/{r['planned']}", started)
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 

@@ -57,6 +57,15 @@ class Summary:
         return f"{cond} @ {format_drift(drift)}" if drift is not None else cond
 
 
+def make_console():
+    """A rich console; when output is not a terminal (a pipe, a file, CI) it is wide enough not
+    to wrap table cells, since nothing will be resized there anyway."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
 def _sparsity_sort(label: str) -> float:
     try:
         return float(label)
@@ -113,10 +122,9 @@ def _fmt(metric: str, mean: float, ci: float) -> str:
 
 def render_table(summary: Summary, title: str = "", console=None) -> None:
     """Print the summary as a rich table (accuracy shown in %)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or make_console()
     unit = " (%)" if summary.metric == "accuracy" else ""
     table = Table(title=title or None, caption=f"{summary.metric}{unit}, mean ± 95% CI over replicates, ★ = best at that sparsity")
     show_source = len({r[0] for r in summary.rows if r[1] != "dense"}) > 1
@@ -167,3 +175,60 @@ def summary_as_dict(summary: Summary) -> list[dict[str, Any]]:
                         "ci95": None if math.isnan(ci) else ci, "replicates": n,
                         "best": (row, col) in summary.best})
     return out
+
+
+def layer_rows(cell_logs: list[dict]) -> list[dict[str, Any]]:
+    """Per-layer rows (name, size, sparsity, PQI before → after) averaged over replicates.
+
+    One block per (source, pruner, sparsity); PQI is I_{0.5,1} over the surviving weights (see
+    swap_hw/pqi.py). The same pruned model is shared by all conditions of a cell group, so each
+    (replicate, pruner, sparsity, source) is counted once.
+    """
+    seen: set[tuple] = set()
+    acc: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    sizes: dict[tuple, int] = {}
+    for cell in cell_logs:
+        log = cell.get("prune_log_json")
+        if not log or "layers" not in log:
+            continue
+        ident = (cell["source"], cell["pruner"], cell["sparsity_label"], cell["seed"])
+        if ident in seen:
+            continue
+        seen.add(ident)
+        for layer in log["layers"]:
+            key = (cell["source"], cell["pruner"], cell["sparsity_label"], layer["name"])
+            sizes[key] = layer["size"]
+            for field_ in ("sparsity", "pqi_before", "pqi_after"):
+                if layer.get(field_) is not None:
+                    acc[key][field_].append(layer[field_])
+    rows = []
+    for key in sorted(acc, key=lambda k: (k[0], k[1], _sparsity_sort(k[2]))):
+        vals = acc[key]
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        rows.append({"source": key[0], "pruner": key[1], "sparsity": key[2], "layer": key[3], "size": sizes[key],
+                     "layer_sparsity": mean(vals["sparsity"]), "pqi_before": mean(vals["pqi_before"]),
+                     "pqi_after": mean(vals["pqi_after"])})
+    return rows
+
+
+def render_layers(rows: list[dict[str, Any]], title: str = "", console=None) -> None:
+    """Print the per-layer sparsity and PQI table (rich)."""
+    from rich.table import Table
+
+    console = console or make_console()
+    table = Table(title=title or None,
+                  caption="PQI = I(0.5,1) over surviving weights, mean over replicates; larger = sparser/more compressible")
+    for col, justify in (("source", "left"), ("pruner", "left"), ("sparsity", "right"), ("layer", "left"),
+                         ("size", "right"), ("layer sparsity", "right"), ("PQI before → after", "right")):
+        table.add_column(col, justify=justify)
+    previous = None
+    for r in rows:
+        block = (r["source"], r["pruner"], r["sparsity"])
+        if previous is not None and block != previous:
+            table.add_section()
+        previous = block
+        before = "–" if r["pqi_before"] is None else f"{r['pqi_before']:.3f}"
+        after = "–" if r["pqi_after"] is None else f"{r['pqi_after']:.3f}"
+        table.add_row(r["source"], r["pruner"], r["sparsity"], r["layer"], str(r["size"]),
+                      f"{100 * r['layer_sparsity']:.1f}%", f"{before} → {after}")
+    console.print(table)

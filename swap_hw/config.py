@@ -11,6 +11,7 @@ Component entries take three forms::
       - magnitude                       # a bare name: default parameters
       - {name: swap, epsilon: 0.05}     # name + parameters
       - {name: swap, epsilon: [0, 0.1]} # a list on a scalar parameter expands into one member each
+      - {name: gaussian, zip: {std: [1, 2], prop: [0.1, 0.25]}}  # paired lists: 2 members, not 4
 
 A source entry may also be a chain, applied in order: ``- [label_noise, analog]``.
 """
@@ -177,8 +178,12 @@ def _is_list_annotation(annotation: Any) -> bool:
     return False
 
 
-def _expand_entry(params_cls: type, raw: dict) -> list[dict]:
-    """Expand list values given for scalar fields into the cartesian product of members."""
+def _expand_entry(params_cls: type, raw: dict, zipped: dict[str, list] | None = None) -> list[dict]:
+    """Expand list values given for scalar fields into the cartesian product of members.
+
+    `zipped` (the entry's ``zip:`` mapping, lists of equal length m, checked by the caller) adds
+    one more axis of m members whose i-th member takes the i-th value of every zipped list.
+    """
     axes: list[tuple[str, list]] = []
     fixed: dict[str, Any] = {}
     fields = params_cls.model_fields
@@ -193,10 +198,30 @@ def _expand_entry(params_cls: type, raw: dict) -> list[dict]:
                 axes.append((key, value))
         else:
             fixed[key] = value
-    if not axes:
-        return [dict(raw)]
+    zip_rows = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
     keys = [k for k, _ in axes]
-    return [{**fixed, **dict(zip(keys, combo))} for combo in itertools.product(*(v for _, v in axes))]
+    return [{**fixed, **dict(zip(keys, combo)), **paired}
+            for combo in itertools.product(*(v for _, v in axes)) for paired in zip_rows]
+
+
+def _zipped_lists(raw: dict, params_cls: type, file: str, path: str) -> dict[str, list] | None:
+    """Take the ``zip:`` mapping out of `raw` (paired lists of one length) and check it."""
+    if "zip" not in raw or "zip" in params_cls.model_fields:
+        return None
+    zipped = raw.pop("zip")
+    if not isinstance(zipped, dict) or not zipped:
+        raise ConfigError(file, f"{path}.zip", "expected a mapping of parameter names to lists of equal length")
+    lengths = {}
+    for key, values in zipped.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(file, f"{path}.zip.{key}", f"expected a non-empty list, got {values!r}")
+        if key in raw:
+            raise ConfigError(file, f"{path}.zip.{key}", "given both inside and outside zip")
+        lengths[key] = len(values)
+    if len(set(lengths.values())) > 1:
+        sizes = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        raise ConfigError(file, f"{path}.zip", f"zipped lists must have the same length: {sizes}")
+    return zipped
 
 
 def build_component(registry, entry: Any, file: str, path: str) -> list[Component]:
@@ -214,8 +239,9 @@ def build_component(registry, entry: Any, file: str, path: str) -> list[Componen
         raise ConfigError(file, f"{path}.name" if isinstance(entry, dict) else path,
                           f"unknown {registry.family} {name!r}; valid: {', '.join(registry.names())}")
     cls = registry.get(name)
+    zipped = _zipped_lists(raw, cls.Params, file, path)
     members = []
-    for params in _expand_entry(cls.Params, raw):
+    for params in _expand_entry(cls.Params, raw, zipped):
         try:
             members.append(cls(cls.Params.model_validate(params)))
         except ValidationError as exc:

@@ -18,6 +18,10 @@ the realised rate is m/n with m = round(rate·n) — not a Bernoulli draw whose 
   2→7, 3→8, 5→6, 6→5, 7→1. For CIFAR-10 pass mapping {9: 1, 2: 0, 3: 5, 5: 3, 4: 7}
   (truck→automobile, bird→airplane, cat↔dog, deer→horse).
 
+Noise levels are nested: with the same seed and kind, the examples corrupted at a lower rate are
+among those corrupted at a higher rate (one seeded permutation, cut at m), so a sweep over rates
+adds noise rather than redrawing it.
+
 Provenance records the realised rate (fraction of all n labels changed), the count changed, and
 for asymmetric noise the rate among eligible examples.
 """

@@ -17,6 +17,7 @@ missing cells.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -31,6 +32,7 @@ from torch import nn
 
 from .config import Scenario
 from .data import DataSplits, load_splits
+from .digest import tensors_digest
 from .deploy.base import Condition
 from .gradients.base import GradientSet, GradientSource
 from .layout import Layout
@@ -259,6 +261,8 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
         pruned = apply_weights(prep.dense, result.weights)
         log = dict(result.log)
         log["gradient_seconds"] = grad_seconds
+        log["prune_seconds"] = prune_seconds  # the whole prune() call; "seconds" is the solver alone
+        log["weights_sha"] = tensors_digest(result.weights)  # export checks its recomputation against it
         if sparsity == "auto":
             log["auto_target"] = target
         for cell in group:
@@ -312,9 +316,12 @@ class RunSummary:
 Event = Callable[..., None]
 
 
-def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | None = None) -> RunSummary:
+def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | None = None,
+                 executor=None) -> RunSummary:
     """Run (or resume) a scenario; returns counts. `on_event(kind, **info)` reports progress:
-    kinds "plan" (total, todo), "prepare" (message), "cell" (record, done, todo), "finish"."""
+    kinds "plan" (total, todo), "prepare" (message), "cell" (record, done, todo), "finish".
+    `executor` (swap_hw.executors; default LocalExecutor) computes the work units; only this
+    process writes their records."""
     emit = on_event or (lambda kind, **info: None)
     start = time.perf_counter()
     db_path = db or scenario.spec.output.db
@@ -334,8 +341,10 @@ def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | No
         store.plan_cells(run_id, [c.key for c in cells])
         computed = 0
         if prep is not None:
-            for unit in group_cells(cells):
-                for record in execute_unit(prep, unit, todo):
+            from .executors import LocalExecutor
+
+            with contextlib.closing((executor or LocalExecutor()).records(prep, group_cells(cells), todo)) as records:
+                for record in records:
                     if store.write_cell(record):
                         computed += 1
                     emit("cell", record=record, done=computed, todo=len(todo))

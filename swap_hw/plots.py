@@ -1,0 +1,183 @@
+"""`report --plot DIR`: PNG figures of a run, from the results database only (matplotlib, Agg).
+
+Written figures (metric defaults to accuracy, shown in %):
+
+- ``<metric>_vs_sparsity__<condition>.png``: one figure per deployment condition; one panel per
+  (gradient source, drift time); x = target sparsity s ∈ [0, 1), y = metric; one line per pruner
+  with a 95% CI band over replicates; the dense model as a dashed line with its band. Cells with
+  sparsity "auto" are drawn as points with error bars at their mean realised sparsity.
+- ``<metric>_vs_drift__<condition>.png``: for conditions whose measurements carry drift times
+  (seconds after programming, log axis): one panel per (source, pruner); one line per sparsity,
+  CI bands, the dense model dashed.
+
+Statistics as in `report`: a replicate's values are averaged over hardware draws first; the band is
+mean ± t_{0.975, n−1}·s/√n over replicates (no band with one replicate). Figures are built with the
+object-oriented API (matplotlib.figure.Figure), so no display and no global pyplot state is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from .compare import replicate_means
+from .report import format_drift, t_interval
+
+
+def _slug(label: str, limit: int = 48) -> str:
+    """A file-name-safe form of a label; long labels are cut and keep a short hash to stay unique."""
+    slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") or "x"
+    if len(slug) > limit:
+        slug = slug[:limit].rstrip("_") + "-" + hashlib.sha256(label.encode()).hexdigest()[:6]
+    return slug
+
+
+def _stat(by_seed: dict[int, float] | None, scale: float) -> tuple[float, float] | None:
+    if not by_seed:
+        return None
+    mean, ci = t_interval(list(by_seed.values()))
+    return mean * scale, (0.0 if math.isnan(ci) else ci * scale)
+
+
+def _band(ax, xs, means, cis, color, label, **line) -> None:
+    ax.plot(xs, means, marker="o", markersize=3.5, color=color, label=label, **line)
+    if any(c > 0 for c in cis):
+        ax.fill_between(xs, [m - c for m, c in zip(means, cis)], [m + c for m, c in zip(means, cis)],
+                        color=color, alpha=0.18, linewidth=0)
+
+
+def _grid(n_rows: int, n_cols: int, title: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(4.2 * n_cols + 0.6, 6.5), 3.3 * n_rows + 0.8), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharey=True)
+    fig.suptitle(title, fontsize=10, wrap=True)
+    return fig, axes
+
+
+def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "accuracy", title: str = "") -> list[Path]:
+    """Write the figures described in the module docstring into `out_dir`; return their paths."""
+    records = list(records)
+    means = replicate_means(records, metric)
+    if not means:
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scale = 100.0 if metric == "accuracy" else 1.0
+    ylabel = f"{metric} (%)" if metric == "accuracy" else metric
+    realised: dict[tuple, list[float]] = defaultdict(list)
+    for r in records:
+        if r["metric"] == metric and r["sparsity"] is not None:
+            realised[(r["source"], r["pruner"], r["sparsity_label"])].append(r["sparsity"])
+
+    pruned_rows = [row for row in means if row[1] != "dense"]
+    dense_rows = [row for row in means if row[1] == "dense"]
+    sources = sorted({row[0] for row in pruned_rows})
+    pruners = list(dict.fromkeys(row[1] for row in sorted(pruned_rows, key=lambda r: r[1])))
+    conditions = sorted({col[0] for cols in means.values() for col in cols}, key=lambda c: (c != "digital", c))
+    colors = _colors(len(pruners))
+    paths: list[Path] = []
+
+    def dense_stat(col) -> tuple[float, float] | None:
+        for row in dense_rows:
+            if col in means[row]:
+                return _stat(means[row][col], scale)
+        return None
+
+    for cond in conditions:
+        drifts = sorted({col[1] for cols in means.values() for col in cols if col[0] == cond},
+                        key=lambda d: -1 if d is None else d)
+        # ---- metric vs sparsity, one panel per (source, drift time)
+        fig, axes = _grid(max(len(sources), 1), len(drifts), f"{title} — {cond}".strip(" —"))
+        for i, source in enumerate(sources or ["-"]):
+            for j, drift in enumerate(drifts):
+                ax, col = axes[i][j], (cond, drift)
+                for p, pruner in enumerate(pruners):
+                    pts, auto = [], []
+                    for row in pruned_rows:
+                        if row[0] != source or row[1] != pruner or col not in means[row]:
+                            continue
+                        stat = _stat(means[row][col], scale)
+                        if row[2] == "auto":
+                            x = sum(realised[row]) / len(realised[row]) if realised[row] else math.nan
+                            auto.append((x, *stat))
+                        else:
+                            pts.append((float(row[2]), *stat))
+                    pts.sort()
+                    if pts:
+                        _band(ax, [x for x, _, _ in pts], [m for _, m, _ in pts], [c for _, _, c in pts],
+                              colors[p], pruner)
+                    for x, m, c in auto:
+                        ax.errorbar([x], [m], yerr=[c], fmt="D", color=colors[p], markersize=5, capsize=3,
+                                    label=f"{pruner}, auto sparsity")
+                dense = dense_stat(col)
+                if dense is not None:
+                    ax.axhline(dense[0], color="0.3", linestyle="--", linewidth=1, label="dense")
+                    if dense[1] > 0:
+                        ax.axhspan(dense[0] - dense[1], dense[0] + dense[1], color="0.5", alpha=0.12, linewidth=0)
+                panel = [] if len(sources) <= 1 else [source]
+                if drift is not None:
+                    panel.append(f"drift {format_drift(drift)}")
+                ax.set_title(", ".join(panel), fontsize=9)
+                ax.set_xlabel("target sparsity")
+                if j == 0:
+                    ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8, loc="best")
+        path = out / f"{_slug(metric)}_vs_sparsity__{_slug(cond)}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+
+        # ---- metric vs drift time, one panel per (source, pruner), for conditions with drift times
+        times = [d for d in drifts if d is not None]
+        if len(times) < 2 or not pruners:
+            continue
+        sparsities = sorted({row[2] for row in pruned_rows}, key=lambda s: (s == "auto", float(s) if s != "auto" else 0))
+        scolors = _colors(len(sparsities), cmap="viridis")
+        fig, axes = _grid(max(len(sources), 1), len(pruners), f"{title} — {cond}: {metric} vs drift time".strip(" —"))
+        positive = all(t > 0 for t in times)
+        for i, source in enumerate(sources or ["-"]):
+            for j, pruner in enumerate(pruners):
+                ax = axes[i][j]
+                for k, s in enumerate(sparsities):
+                    row = (source, pruner, s)
+                    if row not in means:
+                        continue
+                    pts = [(t, *_stat(means[row][(cond, t)], scale)) for t in times if (cond, t) in means[row]]
+                    if pts:
+                        _band(ax, [t for t, _, _ in pts], [m for _, m, _ in pts], [c for _, _, c in pts],
+                              scolors[k], f"s={s}")
+                dense_pts = [(t, *dense_stat((cond, t))) for t in times if dense_stat((cond, t)) is not None]
+                if dense_pts:
+                    _band(ax, [t for t, _, _ in dense_pts], [m for _, m, _ in dense_pts], [c for _, _, c in dense_pts],
+                          "0.3", "dense", linestyle="--")
+                if positive:
+                    ax.set_xscale("log")
+                else:
+                    ax.set_xscale("symlog", linthresh=1.0)
+                ax.set_xticks(times)
+                ax.set_xticklabels([format_drift(t) for t in times], fontsize=8)
+                ax.minorticks_off()
+                ax.set_title(pruner if len(sources) <= 1 else f"{source}, {pruner}", fontsize=9)
+                ax.set_xlabel("time after programming")
+                if j == 0:
+                    ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7, loc="best")
+        path = out / f"{_slug(metric)}_vs_drift__{_slug(cond)}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
+def _colors(n: int, cmap: str = "tab10") -> list:
+    from matplotlib import colormaps
+
+    cm = colormaps[cmap]
+    if cmap == "tab10":
+        return [cm(i % 10) for i in range(n)]
+    return [cm(0.15 + 0.7 * i / max(n - 1, 1)) for i in range(n)]

@@ -47,14 +47,15 @@ def format_drift(seconds: float | None) -> str:
 @dataclass
 class Summary:
     metric: str
-    columns: list[tuple[str, float | None]]  # (condition, drift_time)
+    columns: list[tuple[str, float | None, str]]  # (condition, drift_time, other tags e.g. "eps=0.1")
     rows: list[tuple[str, str, str]]  # (source, pruner, sparsity_label)
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]]  # row → column → (mean, ci, n)
     best: set[tuple[tuple, tuple]]
 
-    def column_label(self, col: tuple[str, float | None]) -> str:
-        cond, drift = col
-        return f"{cond} @ {format_drift(drift)}" if drift is not None else cond
+    def column_label(self, col: tuple[str, float | None, str]) -> str:
+        cond, drift, extra = col
+        label = f"{cond} @ {format_drift(drift)}" if drift is not None else cond
+        return f"{label} {extra}" if extra else label
 
 
 def make_console():
@@ -64,6 +65,30 @@ def make_console():
 
     console = Console()
     return console if console.is_terminal else Console(width=200)
+
+
+def _extra_tags(record: dict) -> str:
+    """Tags other than drift time and draw that split a condition into columns (e.g. eps=0.1).
+
+    A condition's name already says which attack or noise model it uses, so a tag whose value is
+    text (attack=pgd) is left out; numeric tags (eps) are grid coordinates and become columns.
+    """
+    parts = []
+    for key in sorted(record):
+        if key.startswith("tag_") and isinstance(record[key], (int, float)) and not isinstance(record[key], bool):
+            parts.append(f"{key[4:]}={record[key]:g}")
+    return " ".join(parts)
+
+
+def _tag_sort(extra: str) -> tuple:
+    out = []
+    for part in extra.split():
+        k, _, v = part.partition("=")
+        try:
+            out.append((k, float(v)))
+        except ValueError:
+            out.append((k, 0.0))
+    return tuple(out)
 
 
 def _sparsity_sort(label: str) -> float:
@@ -80,7 +105,7 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
         if r["metric"] != metric or r["value"] is None:
             continue
         row = (r["source"], r["pruner"], r["sparsity_label"])
-        col = (r["condition"], r["drift_time"])
+        col = (r["condition"], r["drift_time"], _extra_tags(r))
         per_seed[row][col][r["seed"]].append(r["value"])
         pruner_order.setdefault(r["pruner"], len(pruner_order))
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]] = {}
@@ -95,7 +120,8 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
     cond_order: dict[str, int] = {}
     for r in sorted(columns, key=lambda c: (c[0] != "digital", c[0])):
         cond_order.setdefault(r[0], len(cond_order))
-    ordered_cols = sorted(columns, key=lambda c: (cond_order[c[0]], c[1] if c[1] is not None else -1))
+    ordered_cols = sorted(columns, key=lambda c: (cond_order[c[0]], c[1] if c[1] is not None else -1,
+                                                  _tag_sort(c[2])))
     rows = sorted(cells, key=lambda r: (r[1] != "dense", r[0], _sparsity_sort(r[2]), r[1]))
     best: set[tuple[tuple, tuple]] = set()
     sign = -1 if metric in LOWER_IS_BETTER else 1
@@ -171,7 +197,7 @@ def summary_as_dict(summary: Summary) -> list[dict[str, Any]]:
     for row in summary.rows:
         for col, (mean, ci, n) in summary.cells[row].items():
             out.append({"source": row[0], "pruner": row[1], "sparsity": row[2], "condition": col[0],
-                        "drift_time": col[1], "metric": summary.metric, "mean": mean,
+                        "drift_time": col[1], "tags": col[2], "metric": summary.metric, "mean": mean,
                         "ci95": None if math.isnan(ci) else ci, "replicates": n,
                         "best": (row, col) in summary.best})
     return out

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One thread: the models in tests are tiny, and thread hand-offs cost more than they save.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -166,3 +166,8 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
         raise SwapHwError(f"checkpoint {path} does not fit the configured architecture: {first}") from None
     model.eval()
     return model
+
+
+# The zoo (resnet20, mobilenetv1, cnn) registers itself into ARCHITECTURES; imported last so that
+# `from .models import ARCHITECTURES` inside it finds this module fully defined.
+from . import zoo as _zoo  # noqa: E402,F401

@@ -63,6 +63,21 @@ class GradientSet:
         """The dense X, for solvers that need columns or the Gram matrix."""
         return self.X
 
+    # A MatrixFreeGradientSet (matrix_free.py) has the same interface but no dense X; solvers
+    # that need more than xv / xtu stream row blocks, which works for both kinds.
+    matrix_free = False
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start..stop−1 of X as a dense (stop−start)×d block."""
+        return self.X[start:stop]
+
+    def iter_rows(self, chunk: int | None = None):
+        """(start, stop, rows) blocks covering all n rows, in order."""
+        step = int(chunk or max(1, self.n))
+        for start in range(0, self.n, step):
+            stop = min(start + step, self.n)
+            yield start, stop, self.rows(start, stop)
+
 
 GRADIENT_SOURCES: Registry["GradientSource"] = Registry("gradient source")
 
@@ -120,15 +135,26 @@ class GradientSource(Component):
         batch: tuple[torch.Tensor, torch.Tensor],
         seed: int,
         layout: Layout | None = None,
+        memory_budget_mb: float | None = None,
     ) -> GradientSet:
+        """Per-sample gradients of `batch`; dense X if n·d·4 bytes fits `memory_budget_mb` (MiB,
+        default 2048; None = the default), else a MatrixFreeGradientSet computing Xv and Xᵀu."""
+        from .matrix_free import (DEFAULT_MEMORY_BUDGET_MB, MatrixFreeGradientSet,
+                                  PerSampleGradientOperator, fits_budget)
+
         layout = layout or Layout.from_model(model)
+        budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
         x, y = batch
         provenance: dict[str, Any] = {"source": self.describe(), "seed": int(seed), "n": int(x.shape[0])}
         x, y = self.transform_batch(model, x, y, seed, provenance)
         grad_model = self.gradient_model(model, seed, provenance)
+        w_bar = layout.flatten(dict(model.named_parameters()))
+        if not fits_budget(int(x.shape[0]), layout.d, budget):
+            provenance.update(gradient_mode="matrix_free", memory_budget_mb=budget)
+            operator = self.perturb_operator(PerSampleGradientOperator(grad_model, x, y, layout), seed, provenance)
+            return MatrixFreeGradientSet(operator, w_bar, layout, provenance)
         X = per_sample_gradients(grad_model, x, y, layout)
         X = self.perturb(X, seed, provenance)
-        w_bar = layout.flatten(dict(model.named_parameters()))
         return GradientSet(X=X, w_bar=w_bar, layout=layout, provenance=provenance)
 
     # --- hooks: the identity by default -------------------------------------------------------
@@ -143,6 +169,19 @@ class GradientSource(Component):
 
     def perturb(self, X: torch.Tensor, seed: int, provenance: dict) -> torch.Tensor:
         return X
+
+    def perturb_operator(self, operator, seed: int, provenance: dict):
+        """`perturb` for a matrix-free X (a matrix_free.GradientOperator): must add exactly the
+        noise `perturb` adds to the dense X. Identity by default; a source that overrides
+        `perturb` must override this too, or it refuses the matrix-free mode."""
+        if type(self).perturb is not GradientSource.perturb:
+            from ..errors import SwapHwError
+
+            raise SwapHwError(
+                f"gradient source {self.label!r} adds noise to a dense gradient matrix and has no "
+                "matrix-free form; raise calibration.memory_budget_mb or lower calibration.n"
+            )
+        return operator
 
 
 def digital_copy_with_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:

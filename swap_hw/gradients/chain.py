@@ -54,3 +54,8 @@ class ChainedSource(GradientSource):
         for i, m in enumerate(self.members):
             X = m.perturb(X, self._seed(seed, i), self._sub(provenance, i))
         return X
+
+    def perturb_operator(self, operator, seed: int, provenance: dict):
+        for i, m in enumerate(self.members):
+            operator = m.perturb_operator(operator, self._seed(seed, i), self._sub(provenance, i))
+        return operator

@@ -12,7 +12,10 @@ coordinates (so noise is relative to each row's own spread; a constant row gets 
 Bernoulli) selection makes the noisy fraction m/d identical for every row, which provenance
 records as `noisy_fraction`, together with `noise_to_signal` = ‖G̃ − G‖_F / ‖G‖_F.
 
-Draws come from a torch.Generator seeded by the cell's seed: same seed → identical X.
+Draws come from a torch.Generator seeded by the cell's seed: same seed → identical X. Row i draws
+from its own generator (seed derived from the cell's seed and i), so any block of rows can be
+regenerated alone: the matrix-free GradientSet (matrix_free.py) adds bit-identical noise chunk by
+chunk without ever holding X (`perturb_operator`).
 """
 
 from __future__ import annotations
@@ -33,20 +36,34 @@ def add_gaussian_gradient_noise(
     X is (n, d) float; it is not modified. Work memory is chunk_rows·d floats beyond X̃.
     """
     n, d = X.shape
-    m = min(d, max(1, int(round(prop * d)))) if d else 0
-    gen = torch_generator(seed)
+    m = noisy_count(d, prop)
     out = X.clone()
     if m == 0 or std == 0.0:
         return out, m
     for start in range(0, n, chunk_rows):
         rows = out[start : start + chunk_rows]
         scale = std * rows.std(dim=1, correction=0, keepdim=True)
-        # m smallest of d uniform keys = a uniform m-subset, fresh per row.
-        keys = torch.rand(rows.shape, generator=gen)
-        idx = keys.topk(m, dim=1, largest=False).indices
-        noise = torch.randn((rows.shape[0], m), generator=gen, dtype=rows.dtype) * scale
-        rows.scatter_add_(1, idx, noise)
+        idx, xi = gaussian_noise_draws(seed, start, start + rows.shape[0], d, m)
+        rows.scatter_add_(1, idx, xi.to(rows.dtype) * scale)
     return out, m
+
+
+def noisy_count(d: int, prop: float) -> int:
+    """m = round(prop·d) noisy coordinates per row, at least 1 when d ≥ 1."""
+    return min(d, max(1, int(round(prop * d)))) if d else 0
+
+
+def gaussian_noise_draws(seed: int, start: int, stop: int, d: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, ξ), each (stop−start, m): the noisy coordinates and standard-normal draws of rows
+    start..stop−1. Row i uses only its own generator, seeded by derive_seed(seed, "row", i)."""
+    index = torch.empty((stop - start, m), dtype=torch.long)
+    xi = torch.empty((stop - start, m), dtype=torch.float32)
+    for r, i in enumerate(range(start, stop)):
+        gen = torch_generator(derive_seed(seed, "row", i))
+        # m smallest of d uniform keys = a uniform m-subset, fresh per row.
+        index[r] = torch.rand(d, generator=gen).topk(m, largest=False).indices
+        xi[r] = torch.randn(m, generator=gen)
+    return index, xi
 
 
 @GRADIENT_SOURCES.register("gaussian")
@@ -70,4 +87,28 @@ class GaussianSource(GradientSource):
         provenance["noisy_per_row"] = m
         ref = float(X.norm())
         provenance["noise_to_signal"] = float((noisy - X).norm()) / ref if ref > 0 else 0.0
+        return noisy
+
+    def perturb_operator(self, operator, seed: int, provenance: dict):
+        """The same noise as `perturb`, as an operator X + N whose rows are redrawn per chunk."""
+        from .matrix_free import SparseRowNoise, row_statistics
+
+        seed, d = derive_seed(seed, "gaussian"), operator.d
+        m = noisy_count(d, self.params.prop)
+        provenance["noisy_fraction"] = m / d if d else 0.0
+        provenance["noisy_per_row"] = m
+        if m == 0 or self.params.std == 0.0:
+            provenance["noise_to_signal"] = 0.0
+            return operator
+        sigma, sq_norm = row_statistics(operator)
+        scale = self.params.std * sigma
+
+        def draw(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx, xi = gaussian_noise_draws(seed, start, stop, d, m)
+            return idx, xi * scale[start:stop, None]
+
+        noisy = SparseRowNoise(operator, draw, per_row=m)
+        noise_sq = sum(float(v.pow(2).sum()) for _, _, _, v in noisy.noise_blocks())
+        ref = float(sq_norm.sum()) ** 0.5
+        provenance["noise_to_signal"] = noise_sq**0.5 / ref if ref > 0 else 0.0
         return noisy

@@ -51,6 +51,19 @@ class Summary:
     rows: list[tuple[str, str, str]]  # (source, pruner, sparsity_label)
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]]  # row → column → (mean, ci, n)
     best: set[tuple[tuple, tuple]]
+    realised: dict[tuple, float]  # row → mean realised sparsity (what `auto` chose; iterative pruners' reach)
+
+    def sparsity_label(self, row: tuple) -> str:
+        """The row's sparsity; when the realised one differs (auto, a target not reached) both."""
+        label = row[2]
+        real = self.realised.get(row)
+        if real is None:
+            return label
+        try:
+            differs = abs(float(label) - real) > 5e-3
+        except ValueError:
+            differs = True
+        return f"{label}→{real:.2f}" if differs else label
 
     def column_label(self, col: tuple[str, float | None, str]) -> str:
         cond, drift, extra = col
@@ -101,10 +114,13 @@ def _sparsity_sort(label: str) -> float:
 def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
     per_seed: dict[tuple, dict[tuple, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     pruner_order: dict[str, int] = {}
+    realised: dict[tuple, dict[tuple, float]] = defaultdict(dict)
     for r in records:
         if r["metric"] != metric or r["value"] is None:
             continue
         row = (r["source"], r["pruner"], r["sparsity_label"])
+        if r.get("sparsity") is not None:
+            realised[row][(r["seed"], r["cell_key"])] = r["sparsity"]
         col = (r["condition"], r["drift_time"], _extra_tags(r))
         per_seed[row][col][r["seed"]].append(r["value"])
         pruner_order.setdefault(r["pruner"], len(pruner_order))
@@ -137,7 +153,8 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
             if scored:
                 top = max(s for s, _ in scored)
                 best.update((r, col) for s, r in scored if s == top)
-    return Summary(metric, ordered_cols, rows, cells, best)
+    mean_realised = {row: sum(v.values()) / len(v) for row, v in realised.items() if v}
+    return Summary(metric, ordered_cols, rows, cells, best, mean_realised)
 
 
 def _fmt(metric: str, mean: float, ci: float) -> str:
@@ -175,7 +192,7 @@ def render_table(summary: Summary, title: str = "", console=None) -> None:
             text = _fmt(summary.metric, mean, ci)
             values.append(f"[bold green]★ {text}[/]" if (row, col) in summary.best else text)
         lead = [row[0]] if show_source else []
-        table.add_row(*lead, row[1], row[2], *values)
+        table.add_row(*lead, row[1], summary.sparsity_label(row), *values)
     console.print(table)
 
 
@@ -196,7 +213,8 @@ def summary_as_dict(summary: Summary) -> list[dict[str, Any]]:
     out = []
     for row in summary.rows:
         for col, (mean, ci, n) in summary.cells[row].items():
-            out.append({"source": row[0], "pruner": row[1], "sparsity": row[2], "condition": col[0],
+            out.append({"source": row[0], "pruner": row[1], "sparsity": row[2],
+                        "realised_sparsity": summary.realised.get(row), "condition": col[0],
                         "drift_time": col[1], "tags": col[2], "metric": summary.metric, "mean": mean,
                         "ci95": None if math.isnan(ci) else ci, "replicates": n,
                         "best": (row, col) in summary.best})

@@ -1,4 +1,4 @@
-"""Command line: `run`, `validate`, `report`, `runs`. Thin: parse, call swap_hw, print.
+"""Command line: `run`, `validate`, `report`, `runs`, `export`. Thin: parse, call swap_hw, print.
 
 Exit codes: 0 success, 2 bad input (one line naming file and field, no traceback), 130 interrupted
 (finished cells are kept; run the same command again to resume).
@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from . import cli_sweeps
 from .errors import SwapHwError
 
 
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--db", help="results database (default: the scenario's output.db)")
     run.add_argument("--metric", default="accuracy", help="metric shown in the summary table")
     run.add_argument("--quiet", action="store_true", help="no progress output, only the table")
+    cli_sweeps.add_run_arguments(run)
 
     val = sub.add_parser("validate", help="check a scenario file without running it")
     val.add_argument("scenario")
@@ -37,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="write json/csv here instead of standard output")
     rep.add_argument("--layers", action="store_true",
                      help="also show per-layer sparsity and PQ index before → after for every pruner")
+    cli_sweeps.add_report_arguments(rep)
+    cli_sweeps.add_export_parser(sub)
 
     runs = sub.add_parser("runs", help="list the runs in a database")
     runs.add_argument("--db", default="results/swap_hw.sqlite")
@@ -74,8 +78,12 @@ def cmd_run(args) -> int:
 
     scenario = load_scenario(args.scenario, args.overrides)  # validates everything before any work
     console = make_console()
-    with ProgressReporter(console, quiet=args.quiet) as progress:
-        summary = run_scenario(scenario, db=args.db, on_event=progress.event)
+    if args.dry_run:
+        return cli_sweeps.dry_run(scenario, args.db, console)
+    with cli_sweeps.executor_from_args(args) as executor, ProgressReporter(console, quiet=args.quiet) as progress:
+        if not args.quiet and executor.kind != "local":
+            console.print(f"executor: {executor.describe()}")
+        summary = run_scenario(scenario, db=args.db, on_event=progress.event, executor=executor)
     if not args.quiet:
         console.print(f"run {summary.run_id}: {summary.computed} cells computed, {summary.skipped} already in "
                       f"{summary.db}, {summary.seconds:.1f} s")
@@ -89,6 +97,8 @@ def cmd_report(args) -> int:
     from .report import records_csv, records_json, render_table, summarize
 
     with _open_store(args.db) as store:
+        if args.compare:
+            return cli_sweeps.report_compare(args, store)
         run_id = store.resolve_run_id(args.run)
         if run_id is None:
             known = ", ".join(r["run_id"] for r in store.runs()) or "none"
@@ -97,6 +107,8 @@ def cmd_report(args) -> int:
         run = store.run(run_id)
         records = store.records(run_id)
         cell_logs = store.cell_logs(run_id) if args.layers else []
+    if args.plot:
+        cli_sweeps.report_plot(records, args.plot, args.metric, f"{run['name']} — run {run_id}")
     if args.format == "table":
         render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
         if args.layers:
@@ -133,7 +145,8 @@ def cmd_runs(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "runs": cmd_runs}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "report": cmd_report, "runs": cmd_runs,
+            "export": cli_sweeps.cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

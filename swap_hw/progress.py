@@ -9,8 +9,9 @@ from typing import Any
 class ProgressReporter:
     """Receives runner events (`plan`, `prepare`, `cell`, `finish`) and shows them.
 
-    On a terminal: one bar with cells done / to do, elapsed and estimated time left. When stdout
-    is not a terminal (CI, `| tee`): one line per event, at most one line per second for cells.
+    On a terminal: one bar with cells done / total (cells already in the database count as done),
+    elapsed and estimated time left. When stdout is not a terminal (CI, `| tee`): one line per
+    event, at most one line per second for cells.
     `quiet`: nothing.
     """
 
@@ -22,6 +23,7 @@ class ProgressReporter:
         self._task = None
         self._last_line = 0.0
         self._start = time.perf_counter()
+        self._already = 0
 
     def __enter__(self) -> "ProgressReporter":
         if self.interactive:
@@ -45,8 +47,11 @@ class ProgressReporter:
             msg = f"run {info['run_id']}: {info['total']} cells, {info['total'] - info['todo']} already done"
             if self._progress is not None:
                 self.console.print(msg)
-                self._task = self._progress.add_task("cells", total=max(info["todo"], 1) if info["todo"] else 1,
-                                                     completed=0 if info["todo"] else 1)
+                # the bar counts every cell of the sweep; ones already in the database start it off,
+                # and only cells computed now feed the rate behind the time-left estimate
+                self._already = info["total"] - info["todo"]
+                self._task = self._progress.add_task("cells", total=max(info["total"], 1),
+                                                     completed=self._already if info["total"] else 1)
             else:
                 print(msg, flush=True)
         elif kind == "prepare":
@@ -57,7 +62,7 @@ class ProgressReporter:
         elif kind == "cell":
             rec = info["record"]
             if self._progress is not None and self._task is not None:
-                self._progress.update(self._task, completed=info["done"],
+                self._progress.update(self._task, completed=self._already + info["done"],
                                       description=f"{rec.pruner} s={rec.sparsity_label} {rec.condition}")
             else:
                 now = time.perf_counter()

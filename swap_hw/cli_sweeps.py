@@ -1,0 +1,149 @@
+"""The sweep parts of the command line (kept apart from cli.py so both stay small):
+`run --dry-run`, `run --workers/--executor/--address`, `report --compare`, `report --plot`, `export`.
+Thin like cli.py: parse, call swap_hw, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .errors import SwapHwError
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the planned cells (and which are already done) and the total; compute nothing")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="compute work units in a local pool of N processes (1 torch thread each)")
+    run.add_argument("--executor", choices=["local", "dask"], default="local",
+                     help="local: this machine; dask: an existing dask.distributed cluster (--address)")
+    run.add_argument("--address", metavar="tcp://HOST:PORT", help="the Dask scheduler, for --executor dask")
+
+
+def add_report_arguments(rep: argparse.ArgumentParser) -> None:
+    rep.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                     help="two runs (ids or unique prefixes) side by side with B − A and its 95%% CI")
+    rep.add_argument("--plot", metavar="DIR",
+                     help="also write PNG figures (metric vs sparsity per condition, vs drift time per pruner)")
+
+
+def add_export_parser(sub) -> None:
+    exp = sub.add_parser("export", help="write the pruned model of one cell as a torch state_dict plus masks")
+    exp.add_argument("out", metavar="OUT.pt", help="file to write")
+    exp.add_argument("--db", default="results/swap_hw.sqlite")
+    exp.add_argument("--run", help="run id or a unique prefix (default: the newest run)")
+    exp.add_argument("--pruner", required=True, help="pruner label as shown by report (or its name if unique)")
+    exp.add_argument("--sparsity", required=True, help="a sparsity of the run, e.g. 0.9, or auto")
+    exp.add_argument("--seed", type=int, required=True, metavar="K", help="replicate index, 0 … repeats−1")
+    exp.add_argument("--source", help="gradient source label (needed when the run has several)")
+
+
+def executor_from_args(args):
+    from .executors import make_executor
+
+    return make_executor(args.executor, args.workers, args.address)
+
+
+def dry_run(scenario, db: str | None, console) -> int:
+    """Print every planned cell with whether it is done, and the totals. Touches nothing."""
+    from rich.table import Table
+
+    from .executors import cell_labels, plan_status
+    from .runner import group_cells
+
+    status = plan_status(scenario, db)
+    table = Table(title=f"{scenario.name}: planned cells (dry run, nothing computed)")
+    for col in ("replicate", "source", "pruner", "sparsity", "condition", "done?"):
+        table.add_column(col, justify="right" if col in ("replicate", "sparsity") else "left")
+    for cell, done in status:
+        lab = cell_labels(scenario, cell)
+        table.add_row(str(lab["replicate"]), lab["source"], lab["pruner"], lab["sparsity"], lab["condition"],
+                      "yes" if done else "no")
+    console.print(table)
+    n_done = sum(done for _, done in status)
+    todo = {c.key for c, done in status if not done}
+    units = [u for u in group_cells([c for c, _ in status]) if any(c.key in todo for c in u.cells)]
+    console.print(f"total: {len(status)} cells, {n_done} already done, {len(todo)} to compute in "
+                  f"{len(units)} work units (database: {db or scenario.spec.output.db})")
+    return 0
+
+
+def _resolve(store, prefix: str, db: str) -> str:
+    run_id = store.resolve_run_id(prefix)
+    if run_id is None:
+        known = ", ".join(r["run_id"] for r in store.runs()) or "none"
+        raise SwapHwError(f"{db}: --compare: no unique run matches {prefix!r}; runs: {known}")
+    return run_id
+
+
+def report_compare(args, store) -> int:
+    import json
+
+    from .compare import compare_records, comparison_as_dicts, render_comparison
+    from .report import make_console
+
+    ids = [_resolve(store, prefix, args.db) for prefix in args.compare]
+    runs = [store.run(i) for i in ids]
+    comparison = compare_records(store.records(ids[0]), store.records(ids[1]), args.metric)
+    if args.format == "table":
+        render_comparison(comparison, f"{runs[0]['name']} ({ids[0]})", f"{runs[1]['name']} ({ids[1]})",
+                          console=make_console())
+        return 0
+    rows = comparison_as_dicts(comparison)
+    if args.format == "json":
+        text = json.dumps(rows, indent=1) + "\n"
+    else:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["source"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    return 0
+
+
+def report_plot(records, out_dir: str, metric: str, title: str) -> None:
+    import sys
+
+    from .plots import write_plots
+
+    paths = write_plots(records, out_dir, metric=metric, title=title)
+    if not paths:
+        raise SwapHwError(f"--plot: the run holds no {metric!r} values to plot")
+    # stderr, so `report --plot DIR --format json > out.json` still gives clean JSON
+    print(f"wrote {len(paths)} figure(s) to {out_dir}: " + ", ".join(p.name for p in paths), file=sys.stderr)
+
+
+def cmd_export(args) -> int:
+    from rich.table import Table
+
+    from .export import export_pruned
+    from .report import make_console
+
+    if not Path(args.db).is_file():
+        raise SwapHwError(f"{args.db}: no results database here (run a scenario first, or pass --db)")
+    result = export_pruned(args.db, args.run, args.pruner, args.sparsity, args.seed, args.out, source=args.source)
+    meta = result.meta
+    table = Table(title=f"{meta['pruner']} at sparsity {meta['sparsity_label']}, replicate {meta['seed']}, "
+                        f"source {meta['source']} — run {meta['run']}")
+    for col in ("layer", "shape", "weights", "kept", "sparsity"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for layer in result.layers:
+        table.add_row(layer["name"], "×".join(map(str, layer["shape"])), str(layer["size"]), str(layer["kept"]),
+                      f"{layer['sparsity']:.4f}")
+    total = sum(layer["size"] for layer in result.layers)
+    kept = sum(layer["kept"] for layer in result.layers)
+    table.add_section()
+    table.add_row("all pruned weights", "", str(total), str(kept), f"{1 - kept / total:.4f}" if total else "")
+    console = make_console()
+    console.print(table)
+    check = "matches the run's recorded digest" if meta["verified"] else "sparsity matches the run (no digest recorded)"
+    console.print(f"wrote {result.path} (state_dict + masks; weights {meta['weights_sha']}, {check})")
+    return 0

@@ -233,3 +233,25 @@ def test_neuron_groups_are_output_rows():
     w = torch.arange(1.0, layout.d + 1)
     values = pq_index_groups(w, gid, n)
     assert float(values[3]) == pytest.approx(pq_index(w[12:24]))
+
+
+def test_partial_layout_and_batchnorm_buffers(setup):
+    from torch import nn
+
+    _, _, (x, y), _ = setup
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    train_model(net, x, y, epochs=1, lr=0.02, batch_size=100, seed=0)
+    layout = Layout.from_model(net, include=["0.weight"])
+    ctx = context(setup, initial_state=init)
+    result = PRUNERS.get("lottery")(iterations=1, rate=0.5).prune_iterative(net, ctx, None, layout=layout)
+    assert set(result.masks) == {"0.weight"} and result.log["kept"] == 18  # 36 conv weights, half gone
+    assert bool((result.weights["4.weight"] != 0).all())  # outside the layout: retrained, not pruned
+    # The retrained BatchNorm statistics come back with the result, not the dense model's.
+    assert set(result.buffers) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    assert not torch.equal(result.buffers["1.running_mean"], net.state_dict()["1.running_mean"])
+    wrong = Layout.from_shapes([("0.weight", (4, 1, 2, 2))])
+    with pytest.raises(ParameterError, match="layout entry"):
+        PRUNERS.get("lottery")().prune_iterative(net, ctx, None, layout=wrong)

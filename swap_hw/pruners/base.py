@@ -41,6 +41,9 @@ class PruneResult:
     masks: dict[str, torch.Tensor]
     weights: dict[str, torch.Tensor]
     log: dict[str, Any] = field(default_factory=dict)
+    # Non-parameter state of a RETRAINED network (BatchNorm running statistics), name → tensor, to
+    # load next to `weights`; empty for one-shot pruners, which leave buffers as they were.
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:

@@ -210,7 +210,11 @@ class IterativePruner(Pruner):
         raise NotImplementedError
 
     def prune_iterative(
-        self, model: nn.Module, ctx: TrainingContext, sparsity: float | None = None
+        self,
+        model: nn.Module,
+        ctx: TrainingContext,
+        sparsity: float | None = None,
+        layout: Layout | None = None,
     ) -> PruneResult:
         """Run the prune–rewind–retrain loop on a copy of `model` (the dense trained model).
 
@@ -220,9 +224,13 @@ class IterativePruner(Pruner):
         across groups, `cut_counts`) so that exactly k survive. If T steps do not reach s, the result stays at the sparsity
         reached, with log["target_reached"] = False and a warning.
 
+        `layout` says which weights are prunable (default: every Linear/Conv weight of `model`);
+        the others (and biases, norm layers) are rewound and retrained but never pruned.
+
         Returns PruneResult with masks (prunable weights), weights (EVERY parameter of the final
         retrained network, biases included, pruned entries exactly 0, so
-        ``apply_weights(model, result.weights)`` rebuilds it) and log: pruner, sparsity_target,
+        ``apply_weights(model, result.weights)`` rebuilds it), buffers (every buffer of the
+        retrained network, e.g. BatchNorm running statistics) and log: pruner, sparsity_target,
         kept, d, seconds, layers/pqi (before = dense model, after = final survivors), iterations
         (one record per training), stopped ("iterations" | "target" | "rule"), target_reached,
         epochs_per_iteration, warnings.
@@ -231,7 +239,11 @@ class IterativePruner(Pruner):
         ctx.check(model)
         params: IterativeParams = self.params  # type: ignore[assignment]
         epochs = int(params.epochs if params.epochs is not None else ctx.epochs)
-        layout = Layout.from_model(model)
+        layout = Layout.from_model(model) if layout is None else layout
+        own = dict(model.named_parameters())
+        for s in layout.slices:
+            if s.name not in own or tuple(own[s.name].shape) != s.shape:
+                raise ParameterError(f"layout entry {s.name!r} {s.shape} is not a parameter of the model")
         if layout.d == 0:
             raise ParameterError("the model has no prunable weight (Linear/Conv weight)")
         w_dense = layout.flatten(dict(model.named_parameters()))
@@ -286,6 +298,7 @@ class IterativePruner(Pruner):
         weights = {n: p.detach().clone() for n, p in net.named_parameters()}
         for name, value in layout.unflatten(w_final).items():
             weights[name] = value.clone().to(weights[name].dtype)
+        buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
         log = {
             "pruner": self.describe(),
             "sparsity_target": target,
@@ -300,7 +313,7 @@ class IterativePruner(Pruner):
             "retrain_dense": bool(ctx.retrain_dense),
             "warnings": warnings,
         }
-        return PruneResult(masks=masks, weights=weights, log=log)
+        return PruneResult(masks=masks, weights=weights, log=log, buffers=buffers)
 
     def _trained_network(
         self, model: nn.Module, ctx: TrainingContext, mask: torch.Tensor, layout: Layout, t: int, epochs: int

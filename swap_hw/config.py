@@ -64,6 +64,11 @@ class ModelConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the architecture")
     checkpoint: str | None = Field(None, description="a state_dict file to load instead of training")
     train: TrainConfig = Field(default_factory=TrainConfig)
+    prune_layers: Union[Literal["all", "default"], list[str]] = Field(
+        "default",
+        description="weights to prune: all conv/linear weights, the architecture's default (see "
+        "swap_hw/zoo.py), or a list of parameter names / globs such as layer3.*",
+    )
 
     @field_validator("arch")
     @classmethod
@@ -75,6 +80,20 @@ class ModelConfig(Strict):
 
 class CalibrationConfig(Strict):
     n: int = Field(1000, gt=0, description="calibration examples whose per-sample gradients pruners see")
+    memory_budget_mb: float = Field(
+        2048.0, gt=0, description="largest dense gradient matrix X (n·d·4 bytes, in MiB); beyond it X is "
+        "matrix-free (Xv by forward mode, Xᵀu by a backward pass)"
+    )
+
+
+class FinetuneConfig(Strict):
+    """protocol: gradual — T prune stages on the cubic schedule, E epochs of masked fine-tuning after each."""
+
+    stages: int = Field(10, ge=1, le=1000, description="T: prune → fine-tune rounds (cubic sparsity schedule)")
+    epochs: int = Field(1, ge=0, description="E: fine-tuning epochs after each stage, pruned weights held at 0")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of fine-tuning")
+    batch_size: int = Field(64, gt=0, description="fine-tuning minibatch size")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of fine-tuning")
 
 
 class OutputConfig(Strict):
@@ -98,7 +117,11 @@ class ScenarioFile(Strict):
     pruners: list[Any] = Field(min_length=1)
     sparsities: list[Sparsity] = Field(min_length=1)
     conditions: list[Any] = Field(default_factory=lambda: ["digital"], min_length=1)
-    protocol: Literal["one_shot"] = Field("one_shot", description="one_shot: prune, evaluate, no retraining")
+    protocol: Literal["one_shot", "gradual"] = Field(
+        "one_shot", description="one_shot: prune, evaluate, no retraining; gradual: prune in stages, "
+        "fine-tuning after each (see finetune)"
+    )
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 

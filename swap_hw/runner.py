@@ -38,6 +38,7 @@ from .gradients.base import GradientSet, GradientSource
 from .layout import Layout
 from .models import apply_weights, build_model, cached_dense_model, load_checkpoint, train_model
 from .pruners.base import Pruner
+from .protocols import prune_gradual
 from .seeding import derive_seed
 from .store import CellRecord, Store
 
@@ -117,6 +118,7 @@ def common_description(scenario: Scenario) -> dict[str, Any]:
         "model": model,
         "calibration": spec.calibration.model_dump(mode="json"),
         "protocol": spec.protocol,
+        **({"finetune": spec.finetune.model_dump(mode="json")} if spec.protocol == "gradual" else {}),
     }
 
 
@@ -192,7 +194,10 @@ def prepare(scenario: Scenario) -> Prepared:
     dense.eval()
     for p in dense.parameters():
         p.requires_grad_(False)
-    return Prepared(scenario, splits, dense, Layout.from_model(dense), seeds, cached, init_state)
+    from .zoo import prunable_names
+
+    layout = Layout.from_model(dense, include=prunable_names(dense, spec.model.prune_layers))
+    return Prepared(scenario, splits, dense, layout, seeds, cached, init_state)
 
 
 def _measurements_to_dicts(ms) -> list[dict]:
@@ -212,7 +217,8 @@ def _cell_record(scenario: Scenario, cell: CellSpec, measurements, seconds: floa
     label = "auto" if cell.sparsity == "auto" else f"{float(cell.sparsity):g}"
     return CellRecord(
         cell_key=cell.key, pruner=pruner_label, source=source_label, sparsity_label=label,
-        sparsity=realised, seed=cell.replicate, condition=cond.label, protocol=scenario.spec.protocol,
+        sparsity=realised, seed=cell.replicate, condition=cond.label,
+        protocol=(prune_log or {}).get("protocol", scenario.spec.protocol),
         measurements=_measurements_to_dicts(measurements), pruner_json=pruner_json, source_json=source_json,
         condition_json=cond.describe(), prune_log=prune_log, provenance=provenance, seconds=seconds,
     )
@@ -241,11 +247,13 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
     source: GradientSource = scenario.sources[unit.source]
     pruners_needed = {c.pruner for c in cells}
     grads: GradientSet | None = None
+    batch = None
     grad_seconds = 0.0
     if any(scenario.pruners[p].needs_gradients for p in pruners_needed):
         t0 = time.perf_counter()
         batch = prep.splits.calibration(scenario.spec.calibration.n, seeds.calibration(unit.replicate))
-        grads = source.collect(prep.dense, batch, seeds.source(unit.replicate), prep.layout)
+        grads = source.collect(prep.dense, batch, seeds.source(unit.replicate), prep.layout,
+                               memory_budget_mb=scenario.spec.calibration.memory_budget_mb)
         grad_seconds = time.perf_counter() - t0
     weights = prep.layout.weights_of(prep.dense)
 
@@ -256,10 +264,17 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
         pruner: Pruner = scenario.pruners[pi]
         t0 = time.perf_counter()
         target = _resolve_sparsity(sparsity, weights)
-        result = pruner.prune(weights, grads if pruner.needs_gradients else None, target)
+        if scenario.spec.protocol == "gradual" and not hasattr(pruner, "prune_iterative"):
+            pruned, result = prune_gradual(
+                pruner, prep.dense, source, batch, (prep.splits.x_train, prep.splits.y_train), target,
+                scenario.spec.finetune, seeds.source(unit.replicate), prep.layout,
+                memory_budget_mb=scenario.spec.calibration.memory_budget_mb, first_grads=grads)
+        else:
+            result = pruner.prune(weights, grads if pruner.needs_gradients else None, target)
+            pruned = apply_weights(prep.dense, result.weights)
         prune_seconds = time.perf_counter() - t0
-        pruned = apply_weights(prep.dense, result.weights)
         log = dict(result.log)
+        log.setdefault("protocol", "iterative" if hasattr(pruner, "prune_iterative") else "one_shot")
         log["gradient_seconds"] = grad_seconds
         log["prune_seconds"] = prune_seconds  # the whole prune() call; "seconds" is the solver alone
         log["weights_sha"] = tensors_digest(result.weights)  # export checks its recomputation against it

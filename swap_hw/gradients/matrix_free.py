@@ -243,6 +243,47 @@ class SparseRowNoise(GradientOperator):
         return self.base.row_chunk()
 
 
+class ColumnMask(GradientOperator):
+    """X·diag(keep): `base` with the columns outside `keep` (a bool vector of length d) zeroed."""
+
+    def __init__(self, base: GradientOperator, keep: torch.Tensor):
+        self.base, self.keep = base, keep.reshape(-1).to(torch.bool)
+        self.n, self.d = base.n, base.d
+        self._scale = self.keep.to(torch.float32)
+
+    def _cols(self, t: torch.Tensor) -> torch.Tensor:
+        return t * (self._scale if t.dim() == 1 else self._scale[:, None])
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self.base.matvec(self._cols(v))
+
+    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
+        return self._cols(self.base.rmatvec(u))
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.base.rows(start, stop) * self._scale
+
+    def row_chunk(self) -> int:
+        return self.base.row_chunk()
+
+
+def mask_gradient_columns(grads: GradientSet, keep: torch.Tensor) -> GradientSet:
+    """The same gradients with the columns of pruned weights (keep False) set to zero.
+
+    A pruner then sees no gradient signal on weights that are already pruned (and zero), so
+    starting from w̄ with zeros there it has no reason to revive them. Dense sets get a new X
+    (n·d floats); matrix-free sets get a wrapping operator.
+    """
+    keep = keep.reshape(-1).to(torch.bool)
+    if bool(keep.all()):
+        return grads
+    provenance = {**grads.provenance, "masked_columns": int((~keep).sum())}
+    if isinstance(grads, MatrixFreeGradientSet):
+        return MatrixFreeGradientSet(ColumnMask(grads.operator, keep), grads.w_bar, grads.layout, provenance)
+    return GradientSet(X=grads.X * keep.to(grads.X.dtype), w_bar=grads.w_bar, layout=grads.layout,
+                       provenance=provenance)
+
+
 def iter_row_blocks(op: GradientOperator, chunk: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(start, stop, rows) blocks covering all n rows of `op`, in order."""
     step = int(chunk or op.row_chunk())

@@ -285,8 +285,10 @@ class DaskExecutor(Executor):
 def make_executor(kind: str = "local", workers: int = 1, address: str | None = None,
                   torch_threads: int | None = None) -> Executor:
     """The executor the CLI flags ask for: local (workers = 1), a process pool (workers > 1), or Dask."""
+    if workers < 1:
+        raise SwapHwError(f"--workers must be at least 1, got {workers}")
     if kind == "local":
-        if workers <= 1:
+        if workers == 1:
             return LocalExecutor()
         return ProcessPoolExecutor(workers, torch_threads=torch_threads or 1)
     if kind == "dask":

@@ -106,3 +106,45 @@ def test_analog_source_params_validated():
     with pytest.raises(ValidationError):
         cls(drift_time=-1.0)
     assert cls(noise_model="reram_wan2022").params.drift_time == 86400.0
+
+
+# --- per_sample_gradients: Linear fast path vs the general torch.func path -----------------------
+
+
+def _loop(model, x, y, layout):
+    params = dict(model.named_parameters())
+    rows = []
+    for i in range(x.shape[0]):
+        loss = torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(loss, [params[s.name] for s in layout.slices])
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("case", ["mlpnet", "twice", "conv"])
+def test_per_sample_gradients_paths_agree(case):
+    from swap_hw.gradients.base import (_independent_linear_layers, _torch_func_per_sample_gradients,
+                                        per_sample_gradients)
+    from swap_hw.layout import Layout
+    from swap_hw.models import MLPNet
+
+    torch.manual_seed(0)
+    if case == "mlpnet":
+        model, x = MLPNet((1, 8, 8), 10, hidden=(12, 7)), torch.rand(37, 1, 8, 8)
+    elif case == "twice":  # one Linear applied twice: the fast path must notice and fall back
+        shared = torch.nn.Linear(10, 10)
+        model, x = torch.nn.Sequential(shared, torch.nn.ReLU(), shared), torch.rand(37, 10)
+    else:
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(3 * 6 * 6, 10))
+        x = torch.rand(37, 1, 8, 8)
+    model.eval()
+    y = torch.randint(0, 10, (37,))
+    layout = Layout.from_model(model)
+    assert (_independent_linear_layers(model, layout) is not None) == (case != "conv")
+    got = per_sample_gradients(model, x, y, layout, chunk_size=8)  # several chunks
+    assert torch.allclose(got, _loop(model, x, y, layout), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(got, _torch_func_per_sample_gradients(model, x, y, layout, 8), rtol=1e-4, atol=1e-6)
+    # the caller's model is untouched: eval mode kept, no hooks left, Parameters still Parameters
+    assert not model.training and all(not m._forward_hooks for m in model.modules())
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in model.parameters())

@@ -1,0 +1,195 @@
+"""Matrix-free gradients: the same Xv, Xᵀu, rows, noise and pruning result as the dense X."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swap_hw.errors import SwapHwError
+from swap_hw.gradients import GRADIENT_SOURCES, GradientSet, GradientSource
+from swap_hw.gradients.chain import ChainedSource
+from swap_hw.gradients.matrix_free import (
+    MatrixFreeError,
+    MatrixFreeGradientSet,
+    PerSampleGradientOperator,
+    SparseRowNoise,
+    fits_budget,
+    mask_gradient_columns,
+)
+from swap_hw.layout import Layout
+from swap_hw.models import build_model, train_model
+from swap_hw.pruners import PRUNERS
+from swap_hw.zoo import prunable_names
+
+MODELS = {"mlpnet": {}, "cnn": {"channels": [4, 8], "hidden": 16}, "resnet20": {"width": 0.25},
+          "mobilenetv1": {"width": 0.125}}
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    return float((a - b).norm()) <= rtol * float(b.norm()) + 1e-7
+
+
+@pytest.fixture(scope="module")
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(20, 1, 8, 8, generator=gen), torch.randint(0, 10, (20,), generator=gen)
+
+
+def trained(arch: str, batch) -> torch.nn.Module:
+    """A model after a few training steps, so BatchNorm running statistics are not the identity."""
+    x, y = batch
+    model = build_model(arch, (1, 8, 8), 10, seed=0, **MODELS[arch])
+    train_model(model, x, y, epochs=2, lr=1e-2, batch_size=10, seed=0)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def both(source: GradientSource, model, batch, seed: int = 5) -> tuple[GradientSet, MatrixFreeGradientSet]:
+    layout = Layout.from_model(model, include=prunable_names(model))
+    dense = source.collect(model, batch, seed, layout)
+    free = source.collect(model, batch, seed, layout, memory_budget_mb=1e-6)
+    assert type(dense) is GradientSet and isinstance(free, MatrixFreeGradientSet)
+    return dense, free
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_products_and_rows_match_the_dense_matrix(arch, batch):
+    model = trained(arch, batch)
+    dense, free = both(GRADIENT_SOURCES.get("clean")(), model, batch)
+    gen = torch.Generator().manual_seed(1)
+    v, V = torch.randn(dense.d, generator=gen), torch.randn(dense.d, 3, generator=gen)
+    u, U = torch.randn(dense.n, generator=gen), torch.randn(dense.n, 2, generator=gen)
+    assert (free.n, free.d) == (dense.n, dense.d)
+    assert close(free.xv(v), dense.X @ v) and close(free.xv(V), dense.X @ V)
+    assert close(free.xtu(u), dense.X.T @ u) and close(free.xtu(U), dense.X.T @ U)
+    assert close(free.rows(3, 11), dense.X[3:11])
+    blocks = list(free.iter_rows(chunk=7))
+    assert [(s, e) for s, e, _ in blocks] == [(0, 7), (7, 14), (14, 20)]
+    assert close(torch.cat([b for _, _, b in blocks]), dense.X)
+    assert torch.equal(free.w_bar, dense.w_bar)
+    assert free.provenance["gradient_mode"] == "matrix_free"
+
+
+def test_small_chunks_give_the_same_products(batch):
+    model = trained("resnet20", batch)
+    layout = Layout.from_model(model)
+    one = PerSampleGradientOperator(model, *batch, layout, chunk_size=1)
+    many = PerSampleGradientOperator(model, *batch, layout, chunk_size=64)
+    v = torch.randn(layout.d, generator=torch.Generator().manual_seed(2))
+    u = torch.randn(20, generator=torch.Generator().manual_seed(3))
+    assert close(one.matvec(v), many.matvec(v)) and close(one.rmatvec(u), many.rmatvec(u))
+    assert model.training is False and not any(p.requires_grad for p in model.parameters())
+
+
+def test_dense_matrix_is_refused_with_a_clear_error(batch):
+    model = trained("mlpnet", batch)
+    _, free = both(GRADIENT_SOURCES.get("clean")(), model, batch)
+    for get in (lambda: free.dense(), lambda: free.X):
+        with pytest.raises(MatrixFreeError, match="matrix-free.*memory_budget_mb"):
+            get()
+    assert isinstance(MatrixFreeError("x"), SwapHwError)
+
+
+def test_budget_decides_the_mode():
+    assert fits_budget(1000, 262_144, 1000.0)  # exactly 1000 MiB
+    assert not fits_budget(1000, 262_145, 1000.0)
+    assert fits_budget(10**6, 10**6, None)
+
+
+@pytest.mark.parametrize("arch", ["mlpnet", "cnn"])
+def test_gaussian_noise_is_identical_in_both_modes(arch, batch):
+    model = trained(arch, batch)
+    source = GRADIENT_SOURCES.get("gaussian")(std=2.0, prop=0.25)
+    dense, free = both(source, model, batch)
+    clean, _ = both(GRADIENT_SOURCES.get("clean")(), model, batch)
+    assert not torch.equal(dense.X, clean.X)  # the noise is there
+    assert close(free.rows(0, 20), dense.X, rtol=1e-5)
+    v = torch.randn(dense.d, generator=torch.Generator().manual_seed(4))
+    u = torch.randn(dense.n, generator=torch.Generator().manual_seed(5))
+    assert close(free.xv(v), dense.X @ v) and close(free.xtu(u), dense.X.T @ u)
+    for key in ("noisy_fraction", "noisy_per_row"):
+        assert free.provenance[key] == dense.provenance[key]
+    assert free.provenance["noise_to_signal"] == pytest.approx(dense.provenance["noise_to_signal"], rel=1e-4)
+    # without the cache every product redraws the noise rows from their seeds: same numbers
+    redraw = SparseRowNoise(free.operator.base, free.operator.draw, free.operator.per_row, cache_mb=0, chunk_rows=3)
+    assert redraw._cache is None and free.operator._cache is not None
+    assert torch.equal(redraw.matvec(v), redraw.matvec(v))
+    assert close(redraw.matvec(v), free.xv(v), rtol=1e-6) and close(redraw.rmatvec(u), free.xtu(u), rtol=1e-6)
+
+
+def test_a_chain_with_label_noise_and_gaussian_matches(batch):
+    model = trained("cnn", batch)
+    chain = ChainedSource([GRADIENT_SOURCES.get("label_noise")(rate=0.3),
+                           GRADIENT_SOURCES.get("gaussian")(std=1.0, prop=0.5)])
+    dense, free = both(chain, model, batch)
+    v = torch.randn(dense.d, generator=torch.Generator().manual_seed(6))
+    assert close(free.xv(v), dense.X @ v) and close(free.rows(0, 20), dense.X, rtol=1e-5)
+
+
+def test_a_dense_only_perturbation_refuses_matrix_free_mode(batch):
+    class Scaled(GradientSource):
+        name = "scaled"
+
+        def perturb(self, X, seed, provenance):
+            return 2 * X
+
+    model = trained("mlpnet", batch)
+    with pytest.raises(SwapHwError, match="no matrix-free form"):
+        Scaled().collect(model, batch, 0, memory_budget_mb=1e-6)
+    assert type(Scaled().collect(model, batch, 0)) is GradientSet
+
+
+def test_masked_columns_agree(batch):
+    model = trained("cnn", batch)
+    dense, free = both(GRADIENT_SOURCES.get("clean")(), model, batch)
+    keep = torch.rand(dense.d, generator=torch.Generator().manual_seed(7)) > 0.5
+    md, mf = mask_gradient_columns(dense, keep), mask_gradient_columns(free, keep)
+    assert torch.equal(md.X[:, ~keep], torch.zeros(dense.n, int((~keep).sum())))
+    assert torch.equal(md.X[:, keep], dense.X[:, keep]) and not torch.equal(md.X, dense.X)
+    v = torch.randn(dense.d, generator=torch.Generator().manual_seed(8))
+    u = torch.randn(dense.n, generator=torch.Generator().manual_seed(9))
+    assert close(mf.xv(v), md.X @ v) and close(mf.xtu(u), md.X.T @ u) and close(mf.rows(0, 5), md.X[:5])
+    assert mask_gradient_columns(dense, torch.ones(dense.d, dtype=torch.bool)) is dense
+
+
+def iht_prune(grads: GradientSet, k: int, steps: int = 20, lam: float = 0.01) -> torch.Tensor:
+    """A small LR-IHT using only grads.xv / grads.xtu (so it runs on either kind of set)."""
+    from swap_hw.pruners import hard_threshold
+
+    w_bar, n = grads.w_bar, grads.n
+    y = grads.xv(w_bar)
+    w = hard_threshold(w_bar, k)
+    for _ in range(steps):
+        g = grads.xtu(grads.xv(w) - y) + n * lam * (w - w_bar)
+        tau = float(g @ g) / (float(grads.xv(g).pow(2).sum()) + n * lam * float(g @ g))
+        w = hard_threshold(w - tau * g, k)
+    return w
+
+
+def test_pruning_from_products_gives_the_same_result(batch):
+    model = trained("cnn", batch)
+    dense, free = both(GRADIENT_SOURCES.get("gaussian")(std=1.0, prop=0.25), model, batch)
+    k = dense.d // 5
+    wd, wf = iht_prune(dense, k), iht_prune(free, k)
+    assert torch.equal(wd != 0, wf != 0)
+    assert close(wf, wd, rtol=1e-4)
+    weights = dense.layout.unflatten(dense.w_bar)
+    a = PRUNERS.get("magnitude")().prune(weights, dense, 0.8)
+    b = PRUNERS.get("magnitude")().prune(weights, free, 0.8)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+
+
+@pytest.mark.parametrize("name", ["lr", "swap"])
+def test_regression_pruners_give_the_same_result(name, batch):
+    if name not in PRUNERS:
+        pytest.skip(f"pruner {name!r} is not registered yet")
+    model = trained("mlpnet", batch)
+    dense, free = both(GRADIENT_SOURCES.get("clean")(), model, batch)
+    weights = dense.layout.unflatten(dense.w_bar)
+    a = PRUNERS.get(name)().prune(weights, dense, 0.8)
+    b = PRUNERS.get(name)().prune(weights, free, 0.8)
+    mismatch = sum(int((a.masks[n] != b.masks[n]).sum()) for n in a.masks)
+    assert mismatch <= 2  # ties at float rounding may swap a pair of equal-magnitude weights
+    for n in a.weights:
+        assert close(b.weights[n], a.weights[n], rtol=1e-3)

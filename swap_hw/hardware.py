@@ -6,7 +6,8 @@ What is simulated
 -----------------
 A digital model is copied onto analog crossbar tiles (`convert_to_analog`, one
 `TorchInferenceTile` per Linear/Conv layer, split into several tiles when a layer has more than
-`tile_size` inputs or outputs). Biases stay digital. Each tile maps its weights to device
+`tile_size` inputs or outputs). Biases, normalisation layers and grouped/depthwise convolutions
+(aihwkit maps only groups = 1) stay digital. Each tile maps its weights to device
 conductances G (µS) scaled so that the tile's largest |w| sits at `g_max`, then:
 
 1. programming (`program`): G_prog = G_target + σ_prog(G_target)·ξ, clipped to G ≥ 0, with σ_prog
@@ -410,15 +411,23 @@ class AnalogModel:
 def program(model: nn.Module, config: HardwareConfig, seed: int) -> AnalogModel:
     """Copy `model` onto analog tiles and program them once (programming noise + ν draws), seeded.
 
-    The caller's model is not modified. The result is in eval mode, not yet drifted
-    (`drift_time is None`; call `drift(t, seed)` before reading drift-dependent figures).
+    Every Linear and Conv layer goes on tiles except grouped / depthwise convolutions (e.g.
+    MobileNet's), which aihwkit cannot map and which therefore stay digital (exact). The caller's
+    model is not modified. The result is in eval mode, not yet drifted (`drift_time is None`;
+    call `drift(t, seed)` before reading drift-dependent figures).
     """
     from aihwkit.inference import program_analog_weights
     from aihwkit.nn.conversion import convert_to_analog
 
     digital = copy.deepcopy(model).eval()
     rpu = build_rpu_config(config)
-    analog = convert_to_analog(digital, rpu, inplace=False)
+    # aihwkit's analog convolutions support groups = 1 only: grouped / depthwise ones stay digital.
+    grouped = [
+        name
+        for name, m in digital.named_modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups != 1
+    ]
+    analog = convert_to_analog(digital, rpu, inplace=False, exclude_modules=grouped)
     analog.eval()
     if config.keep_pruned_zero:
         wrap = _unprogrammed_zeros_class()

@@ -77,12 +77,19 @@ def test_digital_copy_reproduces_analog_forward(digits_model, compensation):
 
 def test_digital_copy_matches_conv_layers():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 10),
+    ).eval()
     hw = program(model, HardwareConfig(), seed=0).drift(3600.0, seed=1)
     x = torch.rand(8, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(hw.digital_copy()(x), hw.analog(x), rtol=1e-5, atol=1e-6)
-    assert hw.effective_weights()["0.weight"].shape == (4, 1, 3, 3)
+    weights = hw.effective_weights()
+    assert weights["0.weight"].shape == (4, 1, 3, 3)
+    # aihwkit maps groups = 1 only: the depthwise conv stays digital and exact
+    assert "2.weight" not in weights
+    assert isinstance(hw.analog.get_submodule("2"), nn.Conv2d)
 
 
 def test_noise_scales_reach_the_device(digits_model):

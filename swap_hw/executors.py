@@ -26,6 +26,7 @@ Determinism: every draw of a cell is seeded from the scenario's root seed and th
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing as mp
 import os
 import sqlite3
@@ -41,6 +42,8 @@ from .digest import tensors_digest
 from .errors import SwapHwError
 from .runner import CellSpec, Prepared, WorkUnit, execute_unit, plan_cells, prepare
 from .store import CellRecord
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # the unit function: runs in a worker (or in-process for tests)
@@ -202,6 +205,8 @@ class ProcessPoolExecutor(Executor):
                     if self.restarts > self.max_restarts:
                         raise SwapHwError(f"the process pool broke {self.restarts} times (a worker died, "
                                           "e.g. out of memory); finished cells are saved, run again to resume")
+                    log.warning("a pool worker died; restarting the pool and resubmitting %d unfinished "
+                                "work unit(s)", len(pending))
                     continue
                 clean = True
             finally:

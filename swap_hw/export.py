@@ -5,22 +5,26 @@ the database grow by one model per (pruner, sparsity, source, replicate), thousa
 sweep, for the few models anyone exports. Recomputation is exact because every draw is seeded
 from the run's root seed (runner.Seeds): the scenario is rebuilt from the resolved configuration
 saved in the runs table, `prepare()` loads (or deterministically retrains) the same dense model,
-the calibration gradients of replicate K are collected again with the same seeds, and the pruner
-is called exactly as the runner calls it. The runner records a content digest of every pruned
-weight set (prune log `weights_sha`); the recomputed weights must match it bit for bit, or export
-refuses (e.g. after a code change that alters what a pruner computes).
+and the cell is computed again by the runner's own `execute_unit` — so whatever the runner does
+(one-shot, iterative, gradual protocol) export does too — with the deployment conditions replaced
+by one that only keeps the model it is handed, and the pruner's `prune`/`prune_iterative` calls
+recorded to keep the masks. The runner records a content digest of every pruned weight set (prune
+log `weights_sha`); the recomputed weights must match it bit for bit, or export refuses (e.g. after
+a code change that alters what a pruner computes).
 
-The file (`torch.save`) holds a dict: ``state_dict`` (every tensor of the model, pruned weights
-exactly zero where masked), ``masks`` (name → bool tensor, True = kept, for the pruned weights)
-and ``meta`` (run, pruner, source, sparsity, replicate, architecture and its build arguments). It
-loads with ``torch.load(path, weights_only=True)``; ``model.load_state_dict(bundle["state_dict"])``
-fits the plain model (`swap_hw.models.build_model(meta["arch"], meta["input_shape"],
-meta["n_classes"], seed, **meta["options"])`), and a scenario can use the file as
-``model.checkpoint``.
+The file (`torch.save`) holds a dict: ``state_dict`` (every tensor of the pruned model, including
+retrained biases and buffers; pruned weights exactly zero), ``masks`` (name → bool tensor, True =
+kept, for the pruned weights) and ``meta`` (run, pruner, source, sparsity, replicate, architecture
+and its build arguments). It loads with ``torch.load(path, weights_only=True)``;
+``model.load_state_dict(bundle["state_dict"])`` fits the plain model
+(`swap_hw.models.build_model(meta["arch"], meta["input_shape"], meta["n_classes"], seed,
+**meta["options"])`), and a scenario can use the file as ``model.checkpoint``.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -31,8 +35,10 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from .config import Scenario, parse_scenario_text
+from .deploy.base import Condition
 from .digest import tensors_digest
 from .errors import SwapHwError
 from .store import Store
@@ -79,6 +85,56 @@ def _pick_sparsity(wanted: str, sparsities: list) -> float | str:
     raise SwapHwError(f"--sparsity {wanted!r} is not a sparsity of the run; valid: {valid}")
 
 
+class _KeepModel(Condition):
+    """A stand-in deployment condition: keeps the model it is asked to evaluate, measures nothing."""
+
+    name = "export"
+
+    def __init__(self):
+        super().__init__()
+        self.model: nn.Module | None = None
+
+    def evaluate(self, model: nn.Module, test, seed: int) -> list:
+        self.model = model
+        return []
+
+
+def _recording(method, results: list):
+    def call(*args, **kwargs):
+        out = method(*args, **kwargs)
+        results.append(out)
+        return out
+
+    return call
+
+
+def recompute_cell(scenario: Scenario, source: int, pruner: int, sparsity: float | str, replicate: int):
+    """Compute one cell again through the runner: (pruned model, PruneResult, prune log, Prepared).
+
+    `source`, `pruner` index the scenario's members; `sparsity` is one of its sparsities; the
+    model is exactly the one the runner's conditions evaluated for (source, pruner, sparsity,
+    replicate), every seed derived as in the run.
+    """
+    from .runner import CellSpec, WorkUnit, execute_unit, prepare
+
+    results: list = []
+    recorded = copy.copy(scenario.pruners[pruner])  # the scenario's own member stays untouched
+    for method in ("prune", "prune_iterative"):
+        bound = getattr(recorded, method, None)
+        if bound is not None:
+            setattr(recorded, method, _recording(bound, results))
+    keep = _KeepModel()
+    pruners = list(scenario.pruners)
+    pruners[pruner] = recorded
+    probe = dataclasses.replace(scenario, pruners=tuple(pruners), conditions=(keep,))
+    prep = prepare(probe)
+    cell = CellSpec("export", int(replicate), int(source), int(pruner), sparsity, 0)
+    records = list(execute_unit(prep, WorkUnit(int(replicate), int(source), (cell,)), {"export"}))
+    if len(records) != 1 or keep.model is None or not results:
+        raise SwapHwError("the runner did not produce the cell's pruned model")  # a bug, not user input
+    return keep.model, results[-1], records[0].prune_log or {}, prep
+
+
 @dataclass
 class ExportResult:
     path: Path
@@ -93,9 +149,6 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
     """Recompute the pruned model of cell (source, pruner, sparsity, replicate `seed`) of `run` and
     write it to `out`. `run` is a run id or unique prefix (None: the newest run); `pruner` and
     `source` are labels as shown by `report` (or a member name, if unique in the run)."""
-    from .models import apply_weights
-    from .runner import _resolve_sparsity, prepare
-
     with Store(db) as store:
         run_id = store.resolve_run_id(run)
         if run_id is None:
@@ -117,16 +170,8 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
                           f"{source_c.label}, sparsity {label}, seed {seed} (run the scenario to finish it)")
     stored_log = json.loads(row["prune_log_json"]) if row["prune_log_json"] else {}
 
-    prep = prepare(scenario)
-    grads = None
-    if pruner_c.needs_gradients:
-        batch = prep.splits.calibration(scenario.spec.calibration.n, prep.seeds.calibration(int(seed)))
-        grads = source_c.collect(prep.dense, batch, prep.seeds.source(int(seed)), prep.layout)
-    weights = prep.layout.weights_of(prep.dense)
-    target = _resolve_sparsity(target_label, weights)
-    result = pruner_c.prune(weights, grads, target)
-
-    digest = tensors_digest(result.weights)
+    model, result, log, prep = recompute_cell(scenario, si, pi, target_label, int(seed))
+    digest = log.get("weights_sha") or tensors_digest(result.weights)
     expected = stored_log.get("weights_sha")
     if expected is not None and digest != expected:
         raise SwapHwError(f"recomputed weights ({digest}) differ from the ones the run evaluated ({expected}); "
@@ -134,13 +179,17 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
     if expected is None and row["sparsity"] is not None and abs(result.sparsity - row["sparsity"]) > 1e-9:
         raise SwapHwError(f"recomputed sparsity {result.sparsity:.6f} differs from the run's {row['sparsity']:.6f}")
 
-    model = apply_weights(prep.dense, result.weights)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    masks = {k: v.clone() for k, v in result.masks.items()}
+    masks = {k: v.clone().to(torch.bool) for k, v in result.masks.items()}
+    for name, mask in masks.items():
+        if torch.any(state[name][~mask] != 0):
+            raise SwapHwError(f"the recomputed model has non-zero weights outside the mask of {name}")
+    target = log.get("sparsity_target", log.get("auto_target"))
     spec = scenario.spec
     meta = {
         "run": run_id, "scenario": scenario.name, "pruner": pruner_c.label, "pruner_config": pruner_c.describe(),
-        "source": source_c.label, "sparsity_label": label, "sparsity_target": float(target),
+        "source": source_c.label, "sparsity_label": label,
+        "sparsity_target": None if target is None else float(target),
         "sparsity": float(result.sparsity), "seed": int(seed), "arch": spec.model.arch,
         "options": dict(spec.model.options), "input_shape": list(prep.splits.input_shape),
         "n_classes": int(prep.splits.n_classes), "data": spec.data.name, "weights_sha": digest,

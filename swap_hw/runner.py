@@ -263,15 +263,17 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
     for (pi, sparsity), group in by_prune.items():
         pruner: Pruner = scenario.pruners[pi]
         t0 = time.perf_counter()
-        target = _resolve_sparsity(sparsity, weights)
         if scenario.spec.protocol == "gradual" and not hasattr(pruner, "prune_iterative"):
+            target = _resolve_sparsity(sparsity, weights)
             pruned, result = prune_gradual(
                 pruner, prep.dense, source, batch, (prep.splits.x_train, prep.splits.y_train), target,
                 scenario.spec.finetune, seeds.source(unit.replicate), prep.layout,
                 memory_budget_mb=scenario.spec.calibration.memory_budget_mb, first_grads=grads)
         else:
-            result = pruner.prune(weights, grads if pruner.needs_gradients else None, target)
+            result, target = run_pruner(prep, pruner, sparsity, weights, grads, unit.replicate)
             pruned = apply_weights(prep.dense, result.weights)
+            if result.buffers:  # iterative pruners retrain, so batch-norm statistics change too
+                pruned.load_state_dict(result.buffers, strict=False)
         prune_seconds = time.perf_counter() - t0
         log = dict(result.log)
         log.setdefault("protocol", "iterative" if hasattr(pruner, "prune_iterative") else "one_shot")
@@ -286,6 +288,37 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
             yield _cell_record(scenario, cell, ms, prune_seconds + time.perf_counter() - t1,
                                realised=result.sparsity, prune_log=log,
                                provenance=grads.provenance if grads is not None else None)
+
+
+def run_pruner(prep: Prepared, pruner: Pruner, sparsity: float | str, weights: dict[str, torch.Tensor],
+               grads: GradientSet | None, replicate: int):
+    """One pruning call → (PruneResult, the sparsity target used; None when a pruner's own rule decides).
+
+    One-shot pruners get (weights, grads, target). Iterative pruners (sap, lottery) rewind to the
+    model's initial weights and retrain, so they get a TrainingContext built from the scenario's
+    training settings; with `sparsity: auto` SAP's own PQI rule decides how far to go. Their
+    per-iteration test accuracy is recorded for the PQI plots only: no checkpoint is ever chosen on
+    the test split (the last epoch of every iteration is used).
+    """
+    from .pruners.iterative import IterativePruner, TrainingContext
+
+    if isinstance(pruner, IterativePruner):
+        t = prep.scenario.spec.model.train
+        x_test, y_test = prep.splits.test
+
+        def test_accuracy(model: nn.Module, iteration: int) -> dict[str, float]:
+            from .deploy.base import accuracy_and_loss
+
+            return {"test_accuracy": accuracy_and_loss(model, x_test, y_test)[0]}
+
+        ctx = TrainingContext(initial_state=prep.init_state, x_train=prep.splits.x_train,
+                              y_train=prep.splits.y_train, lr=t.lr, batch_size=t.batch_size,
+                              weight_decay=t.weight_decay, seed=prep.seeds.prune(replicate),
+                              evaluate=test_accuracy)
+        target = None if sparsity == "auto" else float(sparsity)
+        return pruner.prune_iterative(prep.dense, ctx, target, layout=prep.layout), target
+    target = _resolve_sparsity(sparsity, weights)
+    return pruner.prune(weights, grads if pruner.needs_gradients else None, target), target
 
 
 def _resolve_sparsity(sparsity: float | str, weights: dict[str, torch.Tensor]) -> float:

@@ -64,6 +64,9 @@ inp_bound = 1, out_bound = 12 apply). Short-term weight read noise (`forward.w_n
 offered: aihwkit's torch tiles raise ConfigError("forward.w_noise not supported in torch tile").
 Other torch-tile limits found: only AnalogMVType.ONE_PASS (others raise NotImplementedError /
 ConfigError), no IR drop, no analog bias, no S-shaped output non-linearity.
+A scenario naming one of these features (`TORCH_TILE_UNSUPPORTED`, e.g. `w_noise: 0.02`) fails
+validation with a message saying aihwkit's torch tiles cannot simulate it, instead of a generic
+"unknown key" or a crash mid-run.
 
 Randomness: aihwkit draws from torch's global RNG; every call here runs inside
 `torch_global_seed(seed)` so results depend only on the seeds passed in.
@@ -77,7 +80,8 @@ import math
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
 
 from .component import Params
@@ -98,8 +102,53 @@ _DEFAULT_G_RANGE: dict[str, tuple[float, float]] = {
 }
 
 
+# Features of aihwkit's RPU configurations that its pure-PyTorch tiles refuse (aihwkit 1.1.0,
+# TorchSimulatorTile / AnalogMVM.check_support / TorchInferenceTile): key a user might write →
+# (what it is, what aihwkit raises). Only the torch tiles work under this torch, so none is offered.
+TORCH_TILE_UNSUPPORTED: dict[str, tuple[str, str]] = {
+    "w_noise": ("short-term weight read noise on every forward pass", "forward.w_noise not supported in torch tile"),
+    "w_noise_type": ("short-term weight read noise on every forward pass", "forward.w_noise not supported in torch tile"),
+    "ir_drop": ("IR drop along the crossbar lines", "IR drop not supported in torch tile"),
+    "mv_type": ("multi-pass (bit-sliced / split) matrix-vector products", "Only AnalogMVType.ONE_PASS supported as forward.mv_type"),
+    "out_nonlinearity": ("an S-shaped output non-linearity", "S-shaped non-linearity not supported in torch tile"),
+    "slope_calibration": ("output slope calibration", "Slope calibration not supported in torch tile"),
+    "v_offset_std": ("voltage offsets", "Voltage offset or R-series not supported in torch tile"),
+    "v_offset_w_min": ("voltage offsets", "Voltage offset or R-series not supported in torch tile"),
+    "r_series": ("series resistance", "Voltage offset or R-series not supported in torch tile"),
+    "w_read_asymmetry_dtod": ("device polarity read asymmetry", "Device polarity read dependence is not supported in torch tile"),
+    "analog_bias": ("biases stored on the crossbar (they stay digital here)", "Analog bias is not supported for the torch tile"),
+}
+
+
+def _reject_torch_tile_features(data: Any) -> None:
+    """Raise a ValidationError located at the first key of `data` the torch tiles cannot simulate."""
+    if not isinstance(data, dict):
+        return
+    for key in data:
+        if key in TORCH_TILE_UNSUPPORTED:
+            what, raised = TORCH_TILE_UNSUPPORTED[key]
+            message = (
+                f"not supported: aihwkit's pure-PyTorch inference tiles cannot simulate {what} "
+                f"(aihwkit raises {raised!r}), and its C++ tiles do not run under this torch"
+            )
+            raise ValidationError.from_exception_data(
+                "HardwareConfig",
+                [InitErrorDetails(
+                    type=PydanticCustomError("torch_tile_unsupported", "{message}", {"message": message}),
+                    loc=(key,),
+                    input=data[key],
+                )],
+            )
+
+
 class HardwareConfig(Params):
     """The simulated analog device and periphery; see the module docstring for the physics."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _torch_tiles_can_simulate(cls, data: Any) -> Any:
+        _reject_torch_tile_features(data)
+        return data
 
     noise_model: NoiseModelName = Field(
         "pcm",

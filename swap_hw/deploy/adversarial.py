@@ -18,24 +18,36 @@ Measurements: "accuracy" and "loss" with tags {"eps": eps, "attack": name, "draw
 "attack_success": among test examples the model classifies correctly without attack, the fraction
 the attack makes it misclassify (0 for eps = 0).
 
-The model may be an aihwkit analog model (pure-PyTorch tiles) as well as a digital one: the attack
-then differentiates through the simulated hardware's noisy forward (checked: PGD and EOTPGD run on
-a `convert_to_analog` MLPNet with TorchInferenceRPUConfig), and `eotpgd` with `eot_iter` > 1
-averages over that noise. Every forward pass runs under a seed derived from (seed, eps, draw).
+Attacking the model as deployed on analog hardware (`hardware` block + `drift_time`): each draw k
+is one chip. The model is programmed on simulated tiles (swap_hw.hardware.program, programming
+noise and drift exponents seeded from (seed, k)), drifted to `drift_time` seconds (read noise
+seeded from (seed, k)), and then, on that same programmed-and-drifted chip, the clean accuracy
+(eps = 0) and every eps level are measured: the attack is crafted WHITE-BOX against the analog
+forward itself — torchattacks differentiates through aihwkit's torch tiles (autograd w.r.t. the
+inputs), so with IO noise (out_noise, inp_res/out_res quantisation) every forward and backward of
+the attack is a stochastic draw, exactly like the scoring passes; `eotpgd` with `eot_iter` > 1
+averages gradients over that noise. Measurements then carry the extra tag
+{"drift_time": t}; the report averages draws (chips) within a replicate and gives mean ± 95 % CI
+over replicates. "attack_success" is relative to the same chip's clean predictions.
+Every forward pass runs under a seed derived from (seed, eps, draw), so the same seed gives the
+same numbers, on digital and on analog models alike.
 
 `max_examples` scores the first N test examples only (the same N for every model, so pruners stay
-comparable) — attacks cost `steps` forward + backward passes per example.
+comparable) — attacks cost `steps` forward + backward passes per example (on hardware, plus one
+programming per draw).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from ..attacks import AttackSettings, craft_adversarial
+from ..hardware import HardwareConfig, program
 from ..seeding import derive_seed, torch_global_seed
 from .base import CONDITIONS, Condition, Measurement
 
@@ -64,6 +76,19 @@ class AdversarialCondition(Condition):
             description="attack only the first N test examples (None = all); the same examples "
             "for every model",
         )
+        hardware: HardwareConfig | None = Field(
+            None,
+            description="attack the model as deployed on this simulated analog hardware (same "
+            "fields as the analog condition: noise_model, drift_compensation, keep_pruned_zero, "
+            "out_noise, ...); each draw programs a new chip. None = the digital model",
+        )
+        drift_time: float | None = Field(
+            None,
+            ge=0.0,
+            validate_default=True,
+            description="with hardware: seconds between programming and the attack (e.g. 86400 = "
+            "one day); required with hardware, not allowed without",
+        )
 
         @field_validator("eps")
         @classmethod
@@ -75,11 +100,36 @@ class AdversarialCondition(Condition):
                 raise ValueError(f"eps values must be distinct, got {values}")
             return values
 
+        @field_validator("drift_time")
+        @classmethod
+        def _drift_time_with_hardware(cls, value: float | None, info: ValidationInfo) -> float | None:
+            if "hardware" not in info.data:  # the hardware block itself was invalid
+                return value
+            hardware = info.data["hardware"]
+            if hardware is None and value is not None:
+                raise ValueError("drift_time applies only to a model on hardware: add a hardware block")
+            if hardware is not None:
+                if value is None:
+                    raise ValueError(
+                        "give drift_time, the seconds between programming and the attack (e.g. 1, 86400)"
+                    )
+                hardware.check_drift_time(value)
+            return value
+
         @model_validator(mode="after")
         def _linf_budget(self):
             if self.attack != "pgdl2" and any(v > 1.0 for v in self.eps):
                 raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {self.eps}")
             return self
+
+    def describe(self) -> dict[str, Any]:
+        # A digital attack's description (and so its results' keys in existing databases) does not
+        # mention the hardware fields it does not use.
+        out = super().describe()
+        if self.params.hardware is None:
+            out.pop("hardware", None)
+            out.pop("drift_time", None)
+        return out
 
     def evaluate(
         self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], seed: int
@@ -88,26 +138,65 @@ class AdversarialCondition(Condition):
         x, y = test
         if p.max_examples is not None:
             x, y = x[: p.max_examples], y[: p.max_examples]
-        # A stochastic model (noisy analog hardware) draws its forward noise from torch's global
-        # RNG, so every forward pass here runs under a seed of its own: same seed, same numbers.
+        if p.hardware is not None:
+            return self._evaluate_on_hardware(model, x, y, seed)
+        # A digital model is deterministic: one clean pass serves every draw.
         with torch_global_seed(derive_seed(seed, "adversarial-condition", "clean")):
             clean_correct = _correct(model, x, y)
-        n_clean = int(clean_correct.sum())
         out: list[Measurement] = []
         for eps in p.eps:
             for draw in range(p.draws):
-                draw_seed = derive_seed(seed, "adversarial-condition", float(eps), draw)
-                tags = {"eps": float(eps), "attack": p.attack, "draw": draw}
-                x_adv = x if eps == 0 else craft_adversarial(model, x, y, p, float(eps), draw_seed)
-                with torch_global_seed(derive_seed(draw_seed, "score")):
-                    correct, loss = _correct_and_loss(model, x_adv, y)
-                flipped = int((clean_correct & ~correct).sum())
-                out.append(Measurement("accuracy", float(correct.float().mean()), dict(tags)))
-                out.append(Measurement("loss", loss, dict(tags)))
-                out.append(
-                    Measurement("attack_success", flipped / n_clean if n_clean else 0.0, dict(tags))
+                out.extend(self._attack_and_score(model, x, y, clean_correct, float(eps), draw, seed, {}))
+        return out
+
+    def _evaluate_on_hardware(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> list[Measurement]:
+        """Per draw: program a chip, drift it, then measure every eps on that chip."""
+        p = self.params
+        t = float(p.drift_time)
+        out: list[Measurement] = []
+        for draw in range(p.draws):
+            chip = program(model, p.hardware, derive_seed(seed, "adversarial-condition", "program", draw))
+            chip.drift(t, derive_seed(seed, "adversarial-condition", "drift", draw))
+            # The clean pass uses the eps = 0 scoring seed: with IO noise the forward is random,
+            # and this way eps = 0 reproduces the clean pass exactly (attack_success 0).
+            clean_seed = derive_seed(derive_seed(seed, "adversarial-condition", 0.0, draw), "score")
+            with torch_global_seed(clean_seed):
+                clean_correct = _correct(chip.analog, x, y)
+            for eps in p.eps:
+                out.extend(
+                    self._attack_and_score(chip.analog, x, y, clean_correct, float(eps), draw, seed, {"drift_time": t})
                 )
         return out
+
+    def _attack_and_score(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        clean_correct: torch.Tensor,
+        eps: float,
+        draw: int,
+        seed: int,
+        extra_tags: dict[str, Any],
+    ) -> list[Measurement]:
+        """accuracy, loss and attack_success of `model` on x attacked with budget eps (one draw)."""
+        p = self.params
+        # The attack's seed depends on (seed, eps, draw) only: adding an eps level or a draw
+        # leaves the other measurements unchanged.
+        draw_seed = derive_seed(seed, "adversarial-condition", eps, draw)
+        tags = {"eps": eps, "attack": p.attack, "draw": draw, **extra_tags}
+        x_adv = x if eps == 0 else craft_adversarial(model, x, y, p, eps, draw_seed)
+        with torch_global_seed(derive_seed(draw_seed, "score")):
+            correct, loss = _correct_and_loss(model, x_adv, y)
+        n_clean = int(clean_correct.sum())
+        flipped = int((clean_correct & ~correct).sum())
+        return [
+            Measurement("accuracy", float(correct.float().mean()), dict(tags)),
+            Measurement("loss", loss, dict(tags)),
+            Measurement("attack_success", flipped / n_clean if n_clean else 0.0, dict(tags)),
+        ]
 
 
 @torch.no_grad()

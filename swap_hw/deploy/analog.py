@@ -22,7 +22,7 @@ Cost: `draws` conversions + programmings, and draws·len(drift_times) drifts and
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from ..hardware import HardwareConfig, hardware_config_of, program
@@ -38,17 +38,23 @@ class AnalogCondition(Condition):
         drift_times: list[float] = Field(
             [1.0, 3600.0, 86400.0, 31536000.0],
             min_length=1,
+            validate_default=True,  # the default times are not all valid for every noise model
             description="seconds after programming at which to evaluate (1 s, 1 h, 1 day, 1 year)",
         )
         draws: int = Field(5, ge=1, le=10000, description="independent programming draws per drift time")
 
-        @model_validator(mode="after")
-        def _check_times(self) -> "AnalogCondition.Params":
-            for t in self.drift_times:
-                self.check_drift_time(t)
-            if len(set(self.drift_times)) != len(self.drift_times):
-                raise ValueError(f"drift_times has repeated entries: {self.drift_times}")
-            return self
+        @field_validator("drift_times")
+        @classmethod
+        def _check_times(cls, times: list[float], info: ValidationInfo) -> list[float]:
+            # noise_model (declared in HardwareConfig, before drift_times) is in info.data when
+            # valid; checking here makes the error name drift_times.
+            if "noise_model" in info.data:
+                device = HardwareConfig(noise_model=info.data["noise_model"])
+                for t in times:
+                    device.check_drift_time(t)
+            if len(set(times)) != len(times):
+                raise ValueError(f"drift_times has repeated entries: {times}")
+            return times
 
     def evaluate(
         self, model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], seed: int

@@ -26,7 +26,7 @@ and `pruned_zero_fraction` when the model already has exact zeros.
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from ..hardware import HardwareConfig, hardware_config_of, program
@@ -42,18 +42,28 @@ class AnalogSource(GradientSource):
 
     class Params(HardwareConfig):
         drift_time: float = Field(
-            86400.0, ge=0.0, description="seconds between programming and gradient collection"
+            86400.0, ge=0.0, validate_default=True,
+            description="seconds between programming and gradient collection"
         )
 
-        @model_validator(mode="after")
-        def _check_source(self) -> "AnalogSource.Params":
-            self.check_drift_time(self.drift_time)
-            if not self.perfect_io:
+        @field_validator("out_noise", "inp_res", "out_res")
+        @classmethod
+        def _weights_only(cls, value: float) -> float:
+            if value != 0.0:
                 raise ValueError(
                     "the analog gradient source carries weights only; out_noise, inp_res and "
                     "out_res must be 0 here (use them in the analog deployment condition)"
                 )
-            return self
+            return value
+
+        @field_validator("drift_time")
+        @classmethod
+        def _characterised_time(cls, value: float, info: ValidationInfo) -> float:
+            # noise_model is declared (in HardwareConfig) before drift_time, so it is in info.data
+            # when valid; the error then names drift_time, not the whole entry.
+            if "noise_model" in info.data:
+                HardwareConfig(noise_model=info.data["noise_model"]).check_drift_time(value)
+            return value
 
     def gradient_model(self, model: nn.Module, seed: int, provenance: dict) -> nn.Module:
         hw = program(model, hardware_config_of(self.params), derive_seed(seed, "analog", "program"))

@@ -122,8 +122,9 @@ class PerSampleGradientOperator(GradientOperator):
         if self.n == 0:
             return 1
         sizes: list[int] = []
+        # leaf modules only: a container's output is its last child's tensor, counted already
         hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() if torch.is_tensor(o) else 0))
-                 for m in self.model.modules()]
+                 for m in self.model.modules() if next(m.children(), None) is None]
         try:
             with self._eval(), torch.no_grad():
                 self._losses(self.pruned, self.x[:1], self.y[:1])

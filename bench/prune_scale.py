@@ -1,0 +1,200 @@
+"""Prune time and peak memory at the paper's model sizes: MLPNet, ResNet20, MobileNetV1, n = 1000.
+
+For each case the model is freshly initialised (`train.epochs: 0` weights; timing and memory do
+not depend on training), the n calibration inputs are uniform random images of the right shape
+with random labels, the clean per-sample gradients are collected (dense X when n·d·4 bytes fits
+`--memory-budget-mb`, matrix-free otherwise), and each pruner prunes to `--sparsity`. Every
+(case, pruner) runs in its own subprocess so its peak resident memory (ru_maxrss) is its own.
+
+    case          model                                  input       d          X dense
+    mlpnet        MLPNet 784-40-20-10                    1×28×28     32,360     0.13 GB
+    resnet20      ResNet20 (CIFAR, option A)             3×32×32     268,336    1.07 GB
+    mobilenetv1   MobileNetV1 1.0, ImageNet (1000 cls)   3×224×224   4,209,088  16.8 GB
+    mobilenetv1_32  the same network on 3×32×32 inputs   3×32×32     4,209,088  16.8 GB
+
+mobilenetv1_32 has MobileNetV1's d (what memory depends on) at ~1/50 of the compute per
+product, for machines where n = 1000 passes at 224×224 take hours. Printed per run: gradient
+collection seconds, one Xv and one Xᵀu (seconds), prune seconds, peak RSS (GiB), then the
+SWAP/LR prune-time ratio per case. Targets (issue 4): SWAP ≤ 1.5× LR at ResNet20, ≤ 3× at MLPNet;
+MobileNetV1 with n = 1000 within 8 GiB peak RSS (matrix-free).
+
+    python bench/prune_scale.py                              # every case × lr, swap, woodfisher
+    python bench/prune_scale.py --case resnet20 --pruner lr --pruner swap
+    python bench/prune_scale.py --case mobilenetv1_32 --option lr.iht_steps=5
+
+Pruners that are not registered are reported as missing. One thread by default (a 2-thread run
+on a shared, oversubscribed machine was measured 10–30× slower than 1 thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = {
+    "mlpnet": {"arch": "mlpnet", "shape": (1, 28, 28), "classes": 10, "options": {}},
+    "resnet20": {"arch": "resnet20", "shape": (3, 32, 32), "classes": 10, "options": {}},
+    "mobilenetv1": {"arch": "mobilenetv1", "shape": (3, 224, 224), "classes": 1000, "options": {"variant": "imagenet"}},
+    "mobilenetv1_32": {"arch": "mobilenetv1", "shape": (3, 32, 32), "classes": 1000, "options": {"variant": "imagenet"}},
+}
+DEFAULT_PRUNERS = ["lr", "swap", "woodfisher"]
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def run_child(args: argparse.Namespace) -> dict:
+    """One (case, pruner) measurement in this process; returns a JSON-able dict."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT))
+    from swap_hw.gradients import GRADIENT_SOURCES
+    from swap_hw.layout import Layout
+    from swap_hw.models import build_model
+    from swap_hw.pruners import PRUNERS
+    from swap_hw.zoo import prunable_names
+
+    case = CASES[args.case]
+    out: dict = {"case": args.case, "pruner": args.pruner, "n": args.n, "sparsity": args.sparsity}
+    if args.pruner not in PRUNERS:
+        return {**out, "error": f"pruner {args.pruner!r} is not registered (have: {', '.join(PRUNERS.names())})"}
+    options = {}
+    for item in args.option:
+        key, value = item.split("=", 1)
+        name, field = key.split(".", 1)
+        if name == args.pruner:
+            options[field] = parse_value(value)
+    pruner = PRUNERS.get(args.pruner)(**options)
+    out["pruner_label"] = pruner.label
+
+    model = build_model(case["arch"], case["shape"], case["classes"], seed=0, **case["options"]).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(args.n, *case["shape"], generator=gen)
+    y = torch.randint(0, case["classes"], (args.n,), generator=gen)
+    layout = Layout.from_model(model, include=prunable_names(model))
+    out.update(d=layout.d, dense_gib=args.n * layout.d * 4 / 2**30, rss_model_gib=peak_rss_gib())
+
+    t0 = time.perf_counter()
+    grads = GRADIENT_SOURCES.get("clean")().collect(model, (x, y), seed=0, layout=layout,
+                                                    memory_budget_mb=args.memory_budget_mb)
+    out["gradient_seconds"] = time.perf_counter() - t0
+    out["mode"] = "matrix_free" if getattr(grads, "matrix_free", False) else "dense"
+    if args.products:
+        v = torch.randn(layout.d, generator=gen)
+        t0 = time.perf_counter()
+        xv = grads.xv(v)
+        out["xv_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        grads.xtu(xv)
+        out["xtu_seconds"] = time.perf_counter() - t0
+    out["rss_before_prune_gib"] = peak_rss_gib()
+
+    weights = layout.weights_of(model)
+    t0 = time.perf_counter()
+    try:
+        result = pruner.prune(weights, grads if pruner.needs_gradients else None, args.sparsity)
+    except Exception as exc:  # noqa: BLE001 - report the failure as the measurement
+        out.update(error=f"{type(exc).__name__}: {exc}", prune_seconds=time.perf_counter() - t0)
+    else:
+        out["prune_seconds"] = time.perf_counter() - t0
+        out["realised_sparsity"] = result.sparsity
+        out["solver_seconds"] = result.log.get("seconds")
+    out["peak_rss_gib"] = peak_rss_gib()
+    return out
+
+
+def launch(case: str, pruner: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--case", case, "--pruner", pruner,
+           "--n", str(args.n), "--sparsity", str(args.sparsity), "--threads", str(args.threads),
+           "--memory-budget-mb", str(args.memory_budget_mb)]
+    cmd += [a for item in args.option for a in ("--option", item)]
+    if not args.products:
+        cmd.append("--no-products")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"case": case, "pruner": pruner, "error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def fmt(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'case':<15}{'pruner':<12}{'d':>10}{'mode':>13}{'grad s':>9}{'Xv s':>8}{'Xᵀu s':>8}{'prune s':>10}{'peak GiB':>10}  note"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['case']:<15}{r['pruner']:<12}{fmt(r.get('d'), ',d'):>10}{r.get('mode', '-'):>13}"
+              f"{fmt(r.get('gradient_seconds'), '.2f'):>9}{fmt(r.get('xv_seconds'), '.2f'):>8}"
+              f"{fmt(r.get('xtu_seconds'), '.2f'):>8}{fmt(r.get('prune_seconds'), '.2f'):>10}"
+              f"{fmt(r.get('peak_rss_gib'), '.2f'):>10}  {r.get('error', '')}")
+    print()
+    for case in dict.fromkeys(r["case"] for r in rows):
+        by = {r["pruner"]: r for r in rows if r["case"] == case and "error" not in r}
+        if "lr" in by and "swap" in by:
+            ratio = by["swap"]["prune_seconds"] / by["lr"]["prune_seconds"]
+            print(f"{case}: SWAP/LR prune time = {ratio:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="repeatable; default: all")
+    parser.add_argument("--pruner", action="append", help=f"repeatable; default: {', '.join(DEFAULT_PRUNERS)}")
+    parser.add_argument("--option", action="append", default=[], metavar="PRUNER.KEY=VALUE",
+                        help="a pruner parameter, e.g. swap.epsilon=0.1 (repeatable)")
+    parser.add_argument("--n", type=int, default=1000, help="calibration examples (default 1000)")
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
+                        help="dense X above this many MiB is matrix-free (default 2048, the scenario default)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-products", dest="products", action="store_false",
+                        help="skip timing one Xv and one Xᵀu before pruning")
+    parser.add_argument("--json", help="also append every result as a JSON line to this file")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        args.case, args.pruner = args.case[0], args.pruner[0]
+        print(json.dumps(run_child(args)))
+        return 0
+    cases = args.case or list(CASES)
+    pruners = args.pruner or DEFAULT_PRUNERS
+    rows = []
+    for case in cases:
+        for pruner in pruners:
+            row = launch(case, pruner, args)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print(f"n = {args.n}, sparsity = {args.sparsity}, threads = {args.threads}, "
+          f"memory budget = {args.memory_budget_mb:g} MiB, {os.cpu_count()} CPUs")
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -137,8 +137,8 @@ def _pool_context(start_method: str | None):
         start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
-        # import torch and swap_hw once in the fork server; each worker then starts in milliseconds
-        ctx.set_forkserver_preload(["swap_hw.executors"])
+        # import torch, swap_hw and scikit-learn's loaders once in the fork server, not in every worker
+        ctx.set_forkserver_preload(["swap_hw.executors", "sklearn.datasets"])
     return ctx
 
 
@@ -268,7 +268,9 @@ class DaskExecutor(Executor):
             return
         client = self.connect()
         digest = tensors_digest(prep.dense.state_dict())
-        [scenario] = client.scatter([prep.scenario], broadcast=True, hash=False)
+        # The scenario (a few kB) travels inside every task rather than being scattered once: a
+        # scattered value is lost with the workers holding it, a task's arguments never are.
+        scenario = prep.scenario
         token = uuid.uuid4().hex[:8]
         futures = [client.submit(compute_unit, scenario, unit, keys, digest, self.torch_threads, pure=False,
                                  retries=self.retries,

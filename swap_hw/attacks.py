@@ -188,6 +188,40 @@ class _InputShaped(nn.Module):
         return self.model(x.reshape(x.shape[0], *self.shape))
 
 
+def input_range_problem(data_config) -> str | None:
+    """Why the scenario's data cannot be attacked, or None (a config-time check, cheap).
+
+    Attacks clip x' to [0, 1] and eps is in those units. swap_hw.data scales digits and the
+    torchvision datasets to [0, 1] and divides uint8 npz inputs by 255, but passes float npz
+    inputs through as they are; such inputs outside [0, 1] would be silently clipped by every
+    attack. `data_config` is the scenario's DataConfig; a missing npz file is left to the data
+    loader to report.
+    """
+    if getattr(data_config, "name", None) != "npz" or not data_config.path:
+        return None
+    import numpy as np
+    from pathlib import Path
+
+    path = Path(data_config.path)
+    if not path.is_file():
+        return None
+    with np.load(path) as archive:
+        for key in ("x_train", "x_test"):
+            if key not in archive:
+                continue
+            x = archive[key]
+            if x.dtype == np.uint8 or x.size == 0:
+                continue
+            lo, hi = float(np.min(x)), float(np.max(x))
+            if lo < 0.0 or hi > 1.0 or not (np.isfinite(lo) and np.isfinite(hi)):
+                return (
+                    f"attacks keep inputs in [0, 1] (eps is in those units), but {key} of "
+                    f"data.path {str(path)!r} spans [{lo:g}, {hi:g}]: rescale the inputs to "
+                    "[0, 1] or store them as uint8"
+                )
+    return None
+
+
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example ‖x' − x‖_∞ and ‖x' − x‖_2 (input units), each of length N."""
     delta = (x_adv - x).reshape(x.shape[0], -1)

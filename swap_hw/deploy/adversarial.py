@@ -46,7 +46,8 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
-from ..attacks import AttackSettings, craft_adversarial
+from ..attacks import AttackSettings, craft_adversarial, input_range_problem
+from ..errors import ConfigError
 from ..hardware import HardwareConfig, program
 from ..seeding import derive_seed, torch_global_seed
 from .base import CONDITIONS, Condition, Measurement
@@ -121,6 +122,12 @@ class AdversarialCondition(Condition):
             if self.attack != "pgdl2" and any(v > 1.0 for v in self.eps):
                 raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {self.eps}")
             return self
+
+    def validate_scenario(self, scenario, file: str, path: str) -> None:
+        """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""
+        problem = input_range_problem(scenario.spec.data)
+        if problem:
+            raise ConfigError(file, path, problem)
 
     def describe(self) -> dict[str, Any]:
         # A digital attack's description (and so its results' keys in existing databases) does not

@@ -18,7 +18,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..attacks import AttackSettings, craft_adversarial, perturbation_norms
+from ..attacks import AttackSettings, craft_adversarial, input_range_problem, perturbation_norms
+from ..errors import ConfigError
 from ..seeding import derive_seed, torch_generator
 from .base import GRADIENT_SOURCES, GradientSource
 
@@ -49,6 +50,12 @@ class AdversarialSource(GradientSource):
             if self.attack != "pgdl2" and self.eps > 1.0:
                 raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {self.eps}")
             return self
+
+    def validate_scenario(self, scenario, file: str, path: str) -> None:
+        """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""
+        problem = input_range_problem(scenario.spec.data)
+        if problem:
+            raise ConfigError(file, path, problem)
 
     def transform_batch(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, provenance: dict

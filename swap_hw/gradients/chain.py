@@ -32,6 +32,13 @@ class ChainedSource(GradientSource):
     def label(self) -> str:
         return "+".join(m.label for m in self.members)
 
+    def validate_scenario(self, scenario, file: str, path: str) -> None:
+        """Run each member's own config-time cross-field check (config.py's hook), if it has one."""
+        for i, member in enumerate(self.members):
+            check = getattr(member, "validate_scenario", None)
+            if check is not None:
+                check(scenario, file, f"{path}[{i}]")
+
     def _seed(self, seed: int, i: int) -> int:
         return derive_seed(seed, "chain", i, self.members[i].name)
 

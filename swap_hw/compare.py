@@ -1,9 +1,9 @@
 """`report --compare RUN_A RUN_B`: the same rows and columns of two runs side by side, with the
 difference B − A and its 95% confidence interval. Reads only records from the results database.
 
-Rows are (source, pruner, sparsity) and columns (condition, drift time), as in `report`. Values are
-first averaged within a replicate (over repeated hardware draws). When both runs hold the same
-replicate indices (n ≥ 2) the difference is paired: d_r = b_r − a_r per replicate r, reported as
+Rows are (source, pruner, sparsity) and columns (condition and its numeric tags such as an attack's
+eps, drift time), as in `report`. Values are first averaged within a replicate (over repeated
+hardware draws). When both runs hold the same replicate indices (n ≥ 2) the difference is paired: d_r = b_r − a_r per replicate r, reported as
 mean(d) ± t_{0.975, n−1}·s_d/√n. Pairing is exact for common random numbers (same root seed: the
 same calibration draws and hardware draws) and still valid for independent runs. Otherwise the
 Welch interval is used: (m_B − m_A) ± t_{0.975, ν}·√(s_A²/n_A + s_B²/n_B), ν by Welch–Satterthwaite.
@@ -26,13 +26,23 @@ Row = tuple[str, str, str]  # (source, pruner, sparsity_label)
 Column = tuple[str, "float | None"]  # (condition, drift_time)
 
 
+def condition_column(record: dict) -> str:
+    """The condition label of a record's column: the condition, plus its numeric grid tags (e.g.
+    an attack's eps=0.1) exactly as `report` splits columns, so those are never averaged together."""
+    from .report import _extra_tags
+
+    extra = _extra_tags(record)
+    return f"{record['condition']} {extra}" if extra else record["condition"]
+
+
 def replicate_means(records: Iterable[dict], metric: str) -> dict[Row, dict[Column, dict[int, float]]]:
     """row → column → replicate → mean of that replicate's values (over draws)."""
     values: dict[Row, dict[Column, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
         if r["metric"] != metric or r["value"] is None:
             continue
-        values[(r["source"], r["pruner"], r["sparsity_label"])][(r["condition"], r["drift_time"])][r["seed"]].append(r["value"])
+        col = (condition_column(r), r["drift_time"])
+        values[(r["source"], r["pruner"], r["sparsity_label"])][col][r["seed"]].append(r["value"])
     return {row: {col: {seed: sum(v) / len(v) for seed, v in seeds.items()} for col, seeds in cols.items()}
             for row, cols in values.items()}
 

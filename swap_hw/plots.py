@@ -2,7 +2,8 @@
 
 Written figures (metric defaults to accuracy, shown in %):
 
-- ``<metric>_vs_sparsity__<condition>.png``: one figure per deployment condition; one panel per
+- ``<metric>_vs_sparsity__<condition>.png``: one figure per deployment condition (a condition with
+  numeric grid tags, such as an attack's eps, gives one figure per value); one panel per
   (gradient source, drift time); x = target sparsity s ∈ [0, 1), y = metric; one line per pruner
   with a 95% CI band over replicates; the dense model as a dashed line with its band. Cells with
   sparsity "auto" are drawn as points with error bars at their mean realised sparsity.
@@ -28,11 +29,18 @@ from .compare import replicate_means
 from .report import format_drift, t_interval
 
 
-def _slug(label: str, limit: int = 48) -> str:
-    """A file-name-safe form of a label; long labels are cut and keep a short hash to stay unique."""
-    slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") or "x"
-    if len(slug) > limit:
-        slug = slug[:limit].rstrip("_") + "-" + hashlib.sha256(label.encode()).hexdigest()[:6]
+def _slug(label: str) -> str:
+    """A short file-name-safe form of a member label: its name and grid tags, plus a 6-digit hash
+    of the whole label when parameters were dropped (so labels differing only there stay apart).
+    "analog(draws=2,drift_times=[...]) " → "analog-3f2a1c"; "adversarial(...) eps=0.1" →
+    "adversarial_eps=0.1-9b0e44"; "digital" → "digital"."""
+    if "(" in label:
+        name, tags = label[: label.index("(")], label[label.rfind(")") + 1 :].strip()
+    else:
+        name, tags = label, ""
+    slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{name} {tags}".strip()).strip("_") or "x"
+    if "(" in label:
+        slug += "-" + hashlib.sha256(label.encode()).hexdigest()[:6]
     return slug
 
 

@@ -15,6 +15,7 @@ is lost with its worker is simply computed again (by the executor, or by the nex
   submitted again (at most `max_restarts` times).
 - `DaskExecutor(address)`: the same unit function on a dask.distributed cluster; results come back
   with `as_completed`. A worker that dies has its task recomputed elsewhere by the scheduler.
+  The scheduler and every worker need swap_hw installed (the scheduler unpickles each task).
   Workers must see the same files as the coordinator (the dense model cache `output.cache_dir`, a
   `model.checkpoint`, torchvision data roots): use a shared filesystem. Every unit checks that its
   worker's dense model has the same content digest as the coordinator's and fails loudly if not.
@@ -283,6 +284,13 @@ class DaskExecutor(Executor):
                 except KilledWorker as exc:
                     raise SwapHwError(f"Dask gave up on a unit after it killed several workers ({exc}); "
                                       "finished cells are saved, run again to resume") from None
+                except RuntimeError as exc:
+                    if "deserializ" not in str(exc):
+                        raise
+                    # the scheduler unpickles every task, so it needs swap_hw as much as the workers
+                    raise SwapHwError(f"the Dask cluster at {self.address or 'the given client'} cannot load "
+                                      "swap_hw's tasks: install swap_hw (the same version) on the scheduler "
+                                      "and on every worker") from None
                 fut.release()
                 yield from records
         finally:

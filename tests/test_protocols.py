@@ -134,6 +134,13 @@ def test_first_stage_reuses_given_gradients(digits_model):
     assert all(torch.equal(a.weights[n], b.weights[n]) for n in a.weights)  # same seed → same run
 
 
+def test_matrix_free_gradients_give_the_same_gradual_run(digits_model):
+    _, dense = run(GradientStep(), digits_model, sparsity=0.8, source="gaussian")
+    _, free = run(GradientStep(), digits_model, sparsity=0.8, source="gaussian", memory_budget_mb=1e-6)
+    assert all(torch.equal(dense.masks[n], free.masks[n]) for n in dense.masks)
+    assert all(torch.allclose(dense.weights[n], free.weights[n], atol=1e-4) for n in dense.weights)
+
+
 def test_a_pruner_that_revives_weights_cannot_shrink_the_pruned_set(digits_model):
     pruned, result = run(KeepsSmallest(), digits_model, sparsity=0.6)
     stages = result.log["gradual"]["stages"]

@@ -40,11 +40,13 @@ Noise models (`noise_model`)
   (state-independent) × prog_noise_scale, drift ν ~ |N(custom_drift_nu_mean,
   custom_drift_nu_std²)| × drift_scale, multiplicative 1/f read noise × read_noise_scale.
 
-Measured facts (aihwkit 1.1.0, trained digits MLPNet, half of layer 1 pruned to exactly 0):
-a pruned weight does NOT stay zero after programming: its two PCM devices (target 0 µS) receive
-programming noise and only ~25–40 % of pruned weights come out exactly 0 (both devices clipped
-to 0); ReRAM-Wan ~25 %; ReRAM-CMO 0 % (single device at a mid conductance). Drift keeps an
-exact-zero PCM pair at zero. With `keep_pruned_zero=True` a cell whose target weight is exactly
+Measured facts (aihwkit 1.1.0, trained digits MLPNet magnitude-pruned to 70 % / 90 %, 5 draws;
+`python bench/noise_costs.py --only zeros`, see docs/noise_worlds.md): a pruned weight does NOT
+stay zero after programming. Its two devices (target 0 µS) each receive programming noise, clipped
+at 0 µS, so a pair is exactly 0 only when both draws clip: ~25 % of pruned weights for PCM,
+ReRAM-Wan and the custom model; ReRAM-CMO 0 % (one device at a mid conductance). Drift keeps an
+exact-zero PCM pair at zero, and PCM's read noise (relative σ ≈ 1 at low conductance after a
+day, clipped at 0) zeroes more pairs: ~35 % after one day. With `keep_pruned_zero=True` a cell whose target weight is exactly
 zero is left unprogrammed (contributes exactly 0) through programming and every drift; this is
 implemented by wrapping the tile's noise model so the mask is applied to the programmed and
 drifted weights *before* aihwkit computes its drift-compensation baseline and α, so α stays

@@ -43,7 +43,7 @@ import math
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from ..attacks import AttackSettings, craft_adversarial, input_range_problem
@@ -93,12 +93,15 @@ class AdversarialCondition(Condition):
 
         @field_validator("eps")
         @classmethod
-        def _non_negative(cls, values: list[float]) -> list[float]:
+        def _non_negative(cls, values: list[float], info: ValidationInfo) -> list[float]:
             bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
             if bad:
                 raise ValueError(f"eps values must be finite and ≥ 0, got {bad}")
             if len(set(values)) != len(values):
                 raise ValueError(f"eps values must be distinct, got {values}")
+            # attack is declared (in AttackSettings) before eps, so it is in info.data when valid
+            if info.data.get("attack", "pgdl2") != "pgdl2" and any(v > 1.0 for v in values):
+                raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {values}")
             return values
 
         @field_validator("drift_time")
@@ -116,12 +119,6 @@ class AdversarialCondition(Condition):
                     )
                 hardware.check_drift_time(value)
             return value
-
-        @model_validator(mode="after")
-        def _linf_budget(self):
-            if self.attack != "pgdl2" and any(v > 1.0 for v in self.eps):
-                raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {self.eps}")
-            return self
 
     def validate_scenario(self, scenario, file: str, path: str) -> None:
         """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""

@@ -15,7 +15,7 @@ max perturbation norms actually used.
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from ..attacks import AttackSettings, craft_adversarial, input_range_problem, perturbation_norms
@@ -45,11 +45,13 @@ class AdversarialSource(GradientSource):
             "round(fraction·n), chosen by a seeded draw",
         )
 
-        @model_validator(mode="after")
-        def _linf_budget(self):
-            if self.attack != "pgdl2" and self.eps > 1.0:
-                raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {self.eps}")
-            return self
+        @field_validator("eps")
+        @classmethod
+        def _linf_budget(cls, eps: float, info: ValidationInfo) -> float:
+            # attack is declared (in AttackSettings) before eps, so it is in info.data when valid
+            if info.data.get("attack", "pgdl2") != "pgdl2" and eps > 1.0:
+                raise ValueError(f"an L∞ budget eps > 1 exceeds the input range [0, 1]; got {eps}")
+            return eps
 
     def validate_scenario(self, scenario, file: str, path: str) -> None:
         """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .component import Component
 from .errors import ConfigError
@@ -76,6 +76,21 @@ class ModelConfig(Strict):
         if v not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {v!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
         return v
+
+    @model_validator(mode="after")
+    def _known_options(self) -> "ModelConfig":
+        # zoo architectures declare their options (swap_hw/zoo.py): check them before any work
+        options_model = getattr(ARCHITECTURES.get(self.arch), "Options", None)
+        if options_model is not None:
+            try:
+                options_model(**self.options)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                why = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+                raise ValueError(f"options.{where}: {why} (options of {self.arch}: "
+                                 f"{', '.join(options_model.model_fields)})") from None
+        return self
 
 
 class CalibrationConfig(Strict):

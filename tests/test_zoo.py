@@ -141,3 +141,17 @@ def test_runner_prunes_the_initialised_model_of_a_zoo_architecture(write_scenari
     assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), prep.dense.parameters()))
     summary = run_scenario(scenario)
     assert summary.computed == summary.planned == 2
+
+
+@pytest.mark.parametrize("options,message", [
+    ("{width: -1}", "options.width: Input should be greater than 0"),
+    ("{depth: 56}", "options.depth: unknown option"),
+])
+def test_architecture_options_are_checked_when_the_scenario_loads(write_scenario, options, message):
+    from swap_hw.config import load_scenario
+    from swap_hw.errors import ConfigError
+
+    path = write_scenario(f"model: {{arch: resnet20, options: {options}}}\npruners: [magnitude]\nsparsities: [0.5]\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_scenario(path)
+    assert info.value.field == "model"

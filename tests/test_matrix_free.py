@@ -180,16 +180,18 @@ def test_pruning_from_products_gives_the_same_result(batch):
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
 
 
-@pytest.mark.parametrize("name", ["lr", "swap"])
-def test_regression_pruners_give_the_same_result(name, batch):
+@pytest.mark.parametrize("name,rtol", [("lr", 1e-4), ("swap", 2e-2)])
+def test_regression_pruners_give_the_same_result(name, rtol, digits_model):
+    """Same masks; the same weights to float tolerance for lr. swap's Sinkhorn stops on a
+    tolerance, so product rounding (~1e-7) can shift its barycentric targets and the re-fit
+    weights by up to ~1e-2 relative, with the same support."""
     if name not in PRUNERS:
         pytest.skip(f"pruner {name!r} is not registered yet")
-    model = trained("mlpnet", batch)
-    dense, free = both(GRADIENT_SOURCES.get("clean")(), model, batch)
+    model, splits = digits_model
+    dense, free = both(GRADIENT_SOURCES.get("clean")(), model, splits.calibration(64, 0))
     weights = dense.layout.unflatten(dense.w_bar)
-    a = PRUNERS.get(name)().prune(weights, dense, 0.8)
-    b = PRUNERS.get(name)().prune(weights, free, 0.8)
-    mismatch = sum(int((a.masks[n] != b.masks[n]).sum()) for n in a.masks)
-    assert mismatch <= 2  # ties at float rounding may swap a pair of equal-magnitude weights
-    for n in a.weights:
-        assert close(b.weights[n], a.weights[n], rtol=1e-3)
+    for sparsity in (0.5, 0.8):
+        a = PRUNERS.get(name)().prune(weights, dense, sparsity)
+        b = PRUNERS.get(name)().prune(weights, free, sparsity)
+        assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+        assert close(dense.layout.flatten(b.weights), dense.layout.flatten(a.weights), rtol=rtol)

@@ -19,6 +19,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--executor", choices=["local", "dask"], default="local",
                      help="local: this machine; dask: an existing dask.distributed cluster (--address)")
     run.add_argument("--address", metavar="tcp://HOST:PORT", help="the Dask scheduler, for --executor dask")
+    run.add_argument("--threads", type=int, default=1, metavar="T",
+                     help="torch intra-op threads per process (default 1: the simulated models are small and "
+                          "thread hand-offs cost more than they save; parallelism comes from --workers)")
 
 
 def add_report_arguments(rep: argparse.ArgumentParser) -> None:
@@ -40,9 +43,14 @@ def add_export_parser(sub) -> None:
 
 
 def executor_from_args(args):
+    import torch
+
     from .executors import make_executor
 
-    return make_executor(args.executor, args.workers, args.address)
+    if args.threads < 1:
+        raise SwapHwError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)  # the coordinator computes units itself with the local executor
+    return make_executor(args.executor, args.workers, args.address, torch_threads=args.threads)
 
 
 def dry_run(scenario, db: str | None, console) -> int:

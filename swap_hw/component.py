@@ -25,6 +25,9 @@ class Component:
 
     name: ClassVar[str] = "?"
     Params: ClassVar[type[Params]] = Params
+    # Where in a scenario file this member was written (e.g. "pruners[2]"), for error messages;
+    # set by config validation, None for members built in code.
+    config_path: str | None = None
 
     def __init__(self, params: Params | None = None, **kwargs: Any):
         if params is not None and kwargs:

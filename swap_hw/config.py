@@ -281,7 +281,9 @@ def build_component(registry, entry: Any, file: str, path: str) -> list[Componen
     members = []
     for params in _expand_entry(cls.Params, raw, zipped):
         try:
-            members.append(cls(cls.Params.model_validate(params)))
+            member = cls(cls.Params.model_validate(params))
+            member.config_path = path
+            members.append(member)
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ConfigError(file, _field_path((path,) + tuple(err["loc"])) if err["loc"] else path,
@@ -299,7 +301,10 @@ def _build_sources(entries: list, file: str) -> list[Component]:
             if not entry:
                 raise ConfigError(file, f"sources[{i}]", "an empty chain; list at least one source")
             parts = [build_component(GRADIENT_SOURCES, e, file, f"sources[{i}][{j}]") for j, e in enumerate(entry)]
-            out.extend(ChainedSource(list(combo)) for combo in itertools.product(*parts))
+            for combo in itertools.product(*parts):
+                chain = ChainedSource(list(combo))
+                chain.config_path = f"sources[{i}]"
+                out.append(chain)
         else:
             out.extend(build_component(GRADIENT_SOURCES, entry, file, f"sources[{i}]"))
     return out
@@ -388,7 +393,8 @@ def _check_combinations(scenario: Scenario) -> None:
         for i, member in enumerate(members):
             check = getattr(member, "validate_scenario", None)
             if check is not None:
-                check(scenario, scenario.file, f"{family}[{i}]")
+                # the entry's own place in the file (members expanded from one entry share it)
+                check(scenario, scenario.file, member.config_path or f"{family}[{i}]")
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

@@ -117,6 +117,8 @@ def run_child(args: argparse.Namespace) -> dict:
         out["prune_seconds"] = time.perf_counter() - t0
         out["realised_sparsity"] = result.sparsity
         out["solver_seconds"] = result.log.get("seconds")
+        if isinstance(result.log.get("products"), int):
+            out["products"] = result.log["products"]  # Xv / Xᵀu evaluations the solver made
     out["peak_rss_gib"] = peak_rss_gib()
     return out
 
@@ -142,13 +144,15 @@ def fmt(value, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'case':<15}{'pruner':<12}{'d':>10}{'mode':>13}{'grad s':>9}{'Xv s':>8}{'Xᵀu s':>8}{'prune s':>10}{'peak GiB':>10}  note"
+    head = (f"{'case':<15}{'pruner':<12}{'d':>10}{'mode':>13}{'grad s':>9}{'Xv s':>8}{'Xᵀu s':>8}"
+            f"{'prune s':>10}{'products':>10}{'peak GiB':>10}  note")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['case']:<15}{r['pruner']:<12}{fmt(r.get('d'), ',d'):>10}{r.get('mode', '-'):>13}"
               f"{fmt(r.get('gradient_seconds'), '.2f'):>9}{fmt(r.get('xv_seconds'), '.2f'):>8}"
               f"{fmt(r.get('xtu_seconds'), '.2f'):>8}{fmt(r.get('prune_seconds'), '.2f'):>10}"
+              f"{fmt(r.get('products'), 'd'):>10}"
               f"{fmt(r.get('peak_rss_gib'), '.2f'):>10}  {r.get('error', '')}")
     print()
     for case in dict.fromkeys(r["case"] for r in rows):

@@ -106,9 +106,9 @@ def cmd_report(args) -> int:
             raise SwapHwError(f"{args.db}: --run: {what}; runs: {known}")
         run = store.run(run_id)
         records = store.records(run_id)
-        cell_logs = store.cell_logs(run_id) if args.layers else []
+        cell_logs = store.cell_logs(run_id) if (args.layers or args.plot) else []
     if args.plot:
-        cli_sweeps.report_plot(records, args.plot, args.metric, f"{run['name']} — run {run_id}")
+        cli_sweeps.report_plot(records, args.plot, args.metric, f"{run['name']} — run {run_id}", cell_logs)
     if args.format == "table":
         render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
         if args.layers:

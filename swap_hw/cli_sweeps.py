@@ -117,12 +117,25 @@ def report_compare(args, store) -> int:
     return 0
 
 
-def report_plot(records, out_dir: str, metric: str, title: str) -> None:
+def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) -> None:
     import sys
 
-    from .plots import write_plots
+    from .plots import _slug, write_plots
+    from .plots_pqi import plot_pqi_curve
 
     paths = write_plots(records, out_dir, metric=metric, title=title)
+    # Iterative pruners (sap, lottery) log every prune–retrain round: PQI and accuracy against the
+    # remaining weights, one figure per pruned model (the paper's fall–rise–fall diagnostic).
+    drawn = set()
+    for cell in cell_logs:
+        log = cell.get("prune_log_json") or {}
+        ident = (cell["source"], cell["pruner"], cell["sparsity_label"], cell["seed"])
+        if not log.get("iterations") or ident in drawn:
+            continue
+        drawn.add(ident)
+        name = _slug(f"pqi_{cell['pruner']}_s{cell['sparsity_label']}_{cell['source']}_r{cell['seed']}")
+        paths.append(plot_pqi_curve(log["iterations"], Path(out_dir) / f"{name}.png",
+                                    title=f"{cell['pruner']}, sparsity {cell['sparsity_label']}, replicate {cell['seed']}"))
     if not paths:
         raise SwapHwError(f"--plot: the run holds no {metric!r} values to plot")
     # stderr, so `report --plot DIR --format json > out.json` still gives clean JSON

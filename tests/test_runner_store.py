@@ -112,3 +112,27 @@ def test_checkpoint_is_loaded_instead_of_training(write_scenario, tmp_path):
     with_ckpt = load_scenario(write_scenario(TINY + f"model: {{checkpoint: {ckpt}}}\n", "c.yaml"))
     prep2 = prepare(with_ckpt)
     assert all(torch.equal(a, b) for a, b in zip(prep.dense.state_dict().values(), prep2.dense.state_dict().values()))
+
+
+def test_iterative_pruners_run_through_the_runner_and_plot_their_pqi_curve(write_scenario, tmp_path):
+    from swap_hw.cli_sweeps import report_plot
+
+    scenario = load_scenario(write_scenario("""
+repeats: 1
+model: {train: {epochs: 3}}
+pruners: [{name: sap, iterations: 2, epochs: 1}, {name: lottery, iterations: 3, epochs: 1}]
+sparsities: [0.3, auto]
+"""))
+    summary = run_scenario(scenario)
+    with Store(summary.db) as store:
+        logs = store.cell_logs(summary.run_id)
+        records = store.records(summary.run_id)
+    lottery = [c for c in logs if c["pruner"].startswith("lottery") and c["sparsity_label"] == "0.3"][0]
+    its = lottery["prune_log_json"]["iterations"]
+    # 20 % of survivors per round until 0.3 is reached: 1.0 → 0.8 → 0.7 (last round cut to the target)
+    assert [round(i["remaining_fraction"], 2) for i in its] == [1.0, 0.8, 0.7]
+    assert abs(lottery["sparsity"] - 0.3) < 1e-3
+    assert all("pqi_global" in i and "test_accuracy" in i.get("metrics", i) for i in its)
+    report_plot(records, str(tmp_path / "fig"), "accuracy", "t", logs)
+    pngs = sorted((tmp_path / "fig").glob("pqi_*.png"))
+    assert len(pngs) == 4 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)

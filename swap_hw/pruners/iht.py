@@ -1,0 +1,472 @@
+"""The IHT solver shared by the regression pruners `lr` and `swap` (specs/swap.md §1–2, §8).
+
+Notation (units: X's rows are per-sample loss gradients, so Xw has the units of a loss):
+
+    w̄ ∈ R^d   dense reference weights (flat, layout order);  y = X w̄ ∈ R^n the targets
+    k          surviving weights; H_k keeps the k entries of largest |·| (ties → lower index)
+    Π          a transport plan between the clouds y (rows) and Xw (columns), mass 1/n each,
+               supplied by a plan provider (transport.py): Π = I/n for LR, Π_ε for SWAP
+    ỹ          barycentric targets of Π (ỹ = y for Π = I/n);  s(Π) ≥ 0 its spread (a constant)
+    anchor     the ridge centre: w̄ (anchor "fixed", default) or the previous stage's w ("moving")
+
+Frozen-plan objective and its gradient (an exact quadratic in w, so every line has a closed form):
+
+    Q(w) = ½‖ỹ − Xw‖² + ½ s(Π) + (nλ/2)‖w − anchor‖²      (= (n/2)⟨Π, M(w)⟩ + ridge, loss²)
+    ∇Q(w) = Xᵀ(Xw − ỹ) + nλ(w − anchor)
+
+With Π = I/n, Q is LR's objective ½‖y − Xw‖² + (nλ/2)‖w − w̄‖² exactly, and since LR and SWAP
+run this one function with different plan providers, SWAP with the identity plan IS LR (same
+arithmetic, identical weights).
+
+Algorithm. Stages t = 1..T on the cubic schedule s_t = s_T + (s_0 − s_T)(1 − (t−1)/(T−1))³,
+s_0 = 0 (T = 1: one shot to s_T); a stage whose k_t keeps every weight is skipped. Each stage:
+
+1. w ← H_{k_t}(w) (the previous stage's w; w̄ at the first), Π at Xw;
+2. up to `iht_steps` IHT steps w ← H_k(w − τ b), with b = ∇Q ("consistent", default) or the
+   authors' smoothed residual b = Xᵀ bary_Π(Xw − y) + nλ(w − anchor) ("reference", §3; equal to
+   ∇Q when Π = I/n; a step where it is not a descent direction uses ∇Q instead). Step size:
+     τ* = ⟨∇Q, b⟩ / (‖Xb‖² + nλ‖b‖²)                    the exact minimiser of Q along −b;
+     τ_c = min_{i∈S} |w_i| / (b_i·sign(w_i) + max_{j∉S}|b_j|)  (terms with a non-positive
+           denominator never cross)  — the largest step keeping the top-k support S, per group;
+   take τ* if τ* ≤ τ_c; otherwise start at τ_c and double (at most `max_growth` times) while Q
+   AFTER thresholding keeps falling. A step that does not lower Q is halved (at most
+   `max_growth` times); if none does, the stage has converged. The plan is recomputed every
+   `plan_every` steps (warm-started); the stage stops early when a step keeps the support and
+   lowers Q by less than `tol`·Q;
+3. backsolve: with Π recomputed at Xw, minimise Q over w_S with the support S fixed, i.e. solve
+       (X_Sᵀ X_S + nλ I) w_S = X_Sᵀ ỹ + nλ·anchor_S
+   by conjugate gradients from the current w_S, matrix-free (each iteration is one Xv and one
+   Xᵀu); never a dense |S|×|S| system. At most `cg_iters` iterations, stopping at relative
+   residual `cg_tol`;
+4. anchor "moving": anchor ← w.
+
+Only `grads.xv` and `grads.xtu` touch X, so a matrix-free GradientSet works unchanged. Products
+are in X's float32; vectors, reductions and CG scalars in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import ConfigDict, Field
+
+from ..component import Params
+from ..gradients.base import GradientSet
+from ..layout import Layout
+from ..transport import TransportResult
+from .base import Pruner, SolveOutput, hard_threshold_mask, kept_count
+
+PlanProvider = Callable[[torch.Tensor], TransportResult]
+Direction = Literal["consistent", "reference"]
+
+
+class RegressionParams(Params):
+    """Parameters shared by `lr` and `swap` (YAML key `lambda` for λ)."""
+
+    # YAML, describe() and labels say `lambda` (a Python keyword, hence the field name lambda_)
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    lambda_: float = Field(
+        0.01, ge=0, alias="lambda",
+        description="ridge λ ≥ 0 of (nλ/2)‖w − w̄‖² (dimensionless; tuned 0.001–0.01 on MLPNet)",
+    )
+    stages: int = Field(1, ge=1, le=1000, description="T stages of the cubic sparsity schedule (1 = one-shot)")
+    iht_steps: int = Field(
+        50, ge=0, le=100000, description="IHT steps per stage at most (0: magnitude support, then backsolve)"
+    )
+    tol: float = Field(
+        1e-5, gt=0, lt=1, description="a stage stops when a step keeps the support and lowers Q by < tol·Q"
+    )
+    max_growth: int = Field(
+        8, ge=0, le=60, description="step doublings beyond τ_c (and halvings of a failed step) at most"
+    )
+    backsolve: bool = Field(True, description="re-fit w on the support after each stage (matrix-free CG)")
+    cg_iters: int = Field(200, ge=1, le=100000, description="conjugate-gradient iterations per backsolve at most")
+    cg_tol: float = Field(1e-5, gt=0, lt=1, description="CG stops at relative residual ‖r‖/‖rhs‖ below this")
+    anchor: Literal["fixed", "moving"] = Field(
+        "fixed", description="ridge centre: the dense w̄ (fixed) or the previous stage's weights (moving)"
+    )
+    update_weights: bool = Field(
+        True, description="return the solver's weights (true) or the dense values on the chosen support (false)"
+    )
+    scope: Literal["global", "layer"] = Field(
+        "global", description="one top-k over all pruned layers (global) or the target sparsity per layer (layer)"
+    )
+
+
+# --- sparsity budgets --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Where the k survivors may sit: one top-k per group (start, stop, k) of the flat vector."""
+
+    groups: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def make(cls, layout: Layout, k: int, sparsity: float, scope: str) -> "Budget":
+        """Global: one group (0, d, k). Layer: each tensor keeps kept_count(numel, sparsity)."""
+        if scope == "global":
+            return cls(((0, layout.d, int(k)),))
+        return cls(tuple((s.offset, s.stop, kept_count(s.numel, sparsity)) for s in layout.slices))
+
+    @property
+    def kept(self) -> int:
+        return sum(k for _, _, k in self.groups)
+
+    @property
+    def keeps_all(self) -> bool:
+        return all(k >= stop - start for start, stop, k in self.groups)
+
+    def mask(self, v: torch.Tensor) -> torch.Tensor:
+        """Bool mask of H_k(v): exactly k per group, largest |v|, ties to the lower index."""
+        out = torch.zeros(v.numel(), dtype=torch.bool)
+        for start, stop, k in self.groups:
+            out[start:stop] = hard_threshold_mask(v[start:stop], k)
+        return out
+
+    def tau_c(self, w: torch.Tensor, b: torch.Tensor, support: torch.Tensor) -> float:
+        """The largest τ ≥ 0 for which the top-k support of w − τb is still `support` (per group).
+
+        Needs w zero off the support. For i ∈ S, |w_i − τ b_i| first meets τ·max_{j∉S}|b_j| at
+        τ_i = |w_i| / (b_i sign(w_i) + m) when that denominator is positive (never otherwise).
+        """
+        tau = math.inf
+        for start, stop, _ in self.groups:
+            s = support[start:stop]
+            bb = b[start:stop]
+            off = bb[~s]
+            m = float(off.abs().max()) if off.numel() else 0.0
+            wi, bi = w[start:stop][s], bb[s]
+            denom = bi * torch.sign(wi) + m
+            ok = denom > 0
+            if bool(ok.any()):
+                tau = min(tau, float((wi.abs()[ok] / denom[ok]).min()))
+        return tau
+
+
+def cubic_sparsities(target: float, stages: int) -> list[float]:
+    """s_t = s_T + (0 − s_T)(1 − (t−1)/(T−1))³ for t = 1..T (T = 1: [s_T]); the last is exact."""
+    T = int(stages)
+    if T == 1:
+        return [float(target)]
+    out = [target * (1.0 - (1.0 - (t - 1) / (T - 1)) ** 3) for t in range(1, T + 1)]
+    out[-1] = float(target)
+    return out
+
+
+# --- the solver --------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """The iterate and what is cached about it under the current plan."""
+
+    w: torch.Tensor  # (d,) float64, zero off `support`
+    support: torch.Tensor  # (d,) bool
+    xw: torch.Tensor  # (n,) float64, X w
+    q: float  # Q(w) under `plan`
+
+
+@dataclass
+class _Problem:
+    grads: GradientSet
+    y: torch.Tensor  # (n,) float64 targets X w̄
+    nlam: float  # n·λ
+    anchor: torch.Tensor  # (d,) float64
+    products: int = 0
+
+    def xv(self, v: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return self.grads.xv(v.to(torch.float32)).to(torch.float64)
+
+    def xtu(self, u: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return self.grads.xtu(u.to(torch.float32)).to(torch.float64)
+
+    def objective(self, plan: TransportResult, w: torch.Tensor, xw: torch.Tensor) -> float:
+        diff = w - self.anchor
+        return plan.fit_cost(xw) + 0.5 * self.nlam * float(diff @ diff)
+
+    def gradient(self, plan: TransportResult, w: torch.Tensor, xw: torch.Tensor) -> torch.Tensor:
+        return self.xtu(xw - plan.targets) + self.nlam * (w - self.anchor)
+
+
+@dataclass
+class _PlanLog:
+    calls: int = 0
+    iterations: int = 0
+    max_marginal_error: float = 0.0
+    methods: set = field(default_factory=set)
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def record(self, plan: TransportResult, seconds: float) -> None:
+        self.calls += 1
+        self.iterations += plan.iterations
+        self.max_marginal_error = max(self.max_marginal_error, plan.marginal_error)
+        self.methods.add(plan.method)
+        self.seconds += seconds
+        if plan.warning and plan.warning not in self.warnings:
+            self.warnings.append(plan.warning)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "sinkhorn_iterations": self.iterations,
+            "max_marginal_error": self.max_marginal_error,
+            "methods": sorted(self.methods),
+            "seconds": self.seconds,
+            "warnings": list(self.warnings),
+        }
+
+
+def _plan_at(plans: PlanProvider, xw: torch.Tensor, log: _PlanLog) -> TransportResult:
+    t0 = time.perf_counter()
+    plan = plans(xw)
+    log.record(plan, time.perf_counter() - t0)
+    return plan
+
+
+def _iht_step(
+    prob: _Problem,
+    plan: TransportResult,
+    state: _State,
+    budget: Budget,
+    direction: Direction,
+    max_growth: int,
+) -> tuple[_State | None, dict[str, Any]]:
+    """One IHT step from `state` under a frozen plan; None if no step size lowers Q."""
+    grad_q = prob.gradient(plan, state.w, state.xw)
+    info: dict[str, Any] = {"fallback": False}
+    b = grad_q
+    if direction == "reference":
+        b = prob.xtu(plan.barycentric(state.xw - prob.y)) + prob.nlam * (state.w - prob.anchor)
+    xb = prob.xv(b)
+    curvature = float(xb @ xb) + prob.nlam * float(b @ b)
+    slope = float(grad_q @ b)
+    if direction == "reference" and not slope > 0:  # not a descent direction for Q
+        info["fallback"] = True
+        b = grad_q
+        xb = prob.xv(b)
+        curvature = float(xb @ xb) + prob.nlam * float(b @ b)
+        slope = float(grad_q @ b)
+    if not (slope > 0 and curvature > 0):
+        return None, info
+    tau_star = slope / curvature
+    tau_c = budget.tau_c(state.w, b, state.support)
+
+    def candidate(tau: float) -> _State:
+        v = state.w - tau * b
+        mask = budget.mask(v)
+        v = torch.where(mask, v, torch.zeros((), dtype=v.dtype))
+        xv = prob.xv(v)
+        return _State(v, mask, xv, prob.objective(plan, v, xv))
+
+    best: _State | None = None
+    if tau_star <= tau_c:
+        best, tau = candidate(tau_star), tau_star
+        info["rule"] = "closed_form"
+    else:
+        tau = tau_c if tau_c > 0 else tau_star
+        best = candidate(tau)
+        info["rule"] = "grow"
+        for _ in range(max_growth):
+            trial = candidate(2.0 * tau)
+            if trial.q >= best.q:
+                break
+            best, tau = trial, 2.0 * tau
+    halvings = 0
+    while best.q >= state.q and halvings < max_growth:
+        tau *= 0.5
+        halvings += 1
+        best = candidate(tau)
+    info.update(tau=tau, tau_star=tau_star, tau_c=tau_c, halvings=halvings)
+    if best.q >= state.q:
+        return None, info
+    return best, info
+
+
+def _backsolve(
+    prob: _Problem, plan: TransportResult, state: _State, cg_iters: int, cg_tol: float
+) -> tuple[_State, dict[str, Any]]:
+    """CG on (X_Sᵀ X_S + nλ I) w_S = X_Sᵀ ỹ + nλ·anchor_S from the current w_S (matrix-free)."""
+    S = state.support
+    d = state.w.numel()
+
+    def embed(v_s: torch.Tensor) -> torch.Tensor:
+        z = torch.zeros(d, dtype=torch.float64)
+        z[S] = v_s
+        return z
+
+    def apply(v_s: torch.Tensor) -> torch.Tensor:
+        return prob.xtu(prob.xv(embed(v_s)))[S] + prob.nlam * v_s
+
+    rhs = prob.xtu(plan.targets)[S] + prob.nlam * prob.anchor[S]
+    x = state.w[S].clone()
+    r = rhs - apply(x)
+    rhs_norm = float(rhs.norm()) or 1.0
+    p = r.clone()
+    rr = float(r @ r)
+    iters = 0
+    while iters < cg_iters and math.sqrt(rr) > cg_tol * rhs_norm:
+        ap = apply(p)
+        pap = float(p @ ap)
+        if not pap > 0:  # singular direction (λ = 0 and |S| > n): the residual is as small as it gets
+            break
+        alpha = rr / pap
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = float(r @ r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+        iters += 1
+    w = embed(x)
+    xw = prob.xv(w)
+    new = _State(w, S.clone(), xw, prob.objective(plan, w, xw))
+    info = {"cg_iterations": iters, "cg_relative_residual": math.sqrt(rr) / rhs_norm}
+    if new.q > state.q:  # CG cannot raise Q in exact arithmetic; float32 products might
+        info["rejected"] = True
+        return state, info
+    return new, info
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The solver's knobs (see RegressionParams for meanings and ranges)."""
+
+    lambda_: float = 0.01
+    stages: int = 1
+    iht_steps: int = 50
+    tol: float = 1e-5
+    max_growth: int = 8
+    backsolve: bool = True
+    cg_iters: int = 200
+    cg_tol: float = 1e-5
+    anchor: str = "fixed"
+    update_weights: bool = True
+    scope: str = "global"
+    direction: Direction = "consistent"
+    plan_every: int = 1
+
+    @classmethod
+    def from_params(cls, params: Params) -> "Settings":
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in params.model_dump(by_alias=False).items() if k in names})
+
+
+def solve_regression(
+    grads: GradientSet,
+    w_bar: torch.Tensor,
+    k: int,
+    layout: Layout,
+    settings: Settings,
+    make_plans: Callable[[torch.Tensor], PlanProvider],
+) -> SolveOutput:
+    """Prune w̄ to k survivors by multi-stage IHT + CG backsolve on the plan-weighted regression.
+
+    make_plans(y) returns the plan provider for the targets y = X w̄ (float64, length n); it is
+    called once, and the provider once per plan update with the current Xw. Returns the flat
+    weights (float32), the support and a log: {"scope", "objective" (LR/SWAP objective at the end,
+    loss²), "stages": [per-stage entries], "plan": Sinkhorn summary, "products": Xv/Xᵀu count}.
+    """
+    t_all = time.perf_counter()
+    d, n = layout.d, grads.n
+    w_ref = w_bar.reshape(-1).to(torch.float64)
+    prob = _Problem(grads, torch.zeros(0), n * settings.lambda_, w_ref.clone())
+    prob.y = prob.xv(w_ref)
+    plans = make_plans(prob.y)
+    plan_log = _PlanLog()
+    s_target = 1.0 - k / d if d else 0.0
+    sparsities = cubic_sparsities(s_target, settings.stages)
+    w = w_ref.clone()
+    support = torch.ones(d, dtype=torch.bool)
+    stage_logs: list[dict[str, Any]] = []
+    final_q: float | None = None
+    for t, s_t in enumerate(sparsities, start=1):
+        t_stage = time.perf_counter()
+        k_t = k if t == len(sparsities) else kept_count(d, s_t)
+        budget = Budget.make(layout, k_t, s_t if t < len(sparsities) else s_target, settings.scope)
+        if t == len(sparsities) and settings.scope == "global":
+            budget = Budget(((0, d, k),))
+        entry: dict[str, Any] = {"stage": t, "sparsity": s_t, "kept": budget.kept}
+        if budget.keeps_all:
+            entry["skipped"] = "keeps every weight"
+            stage_logs.append(entry)
+            continue
+        support = budget.mask(w)
+        w = torch.where(support, w, torch.zeros((), dtype=w.dtype))
+        xw = prob.xv(w)
+        plan = _plan_at(plans, xw, plan_log)
+        state = _State(w, support, xw, prob.objective(plan, w, xw))
+        entry["objective_before"] = state.q
+        steps = support_changes = fallbacks = 0
+        last_tau = None
+        for step in range(1, settings.iht_steps + 1):
+            if step > 1 and (step - 1) % settings.plan_every == 0 and plan.method not in ("identity", "independent"):
+                plan = _plan_at(plans, state.xw, plan_log)
+                state.q = prob.objective(plan, state.w, state.xw)
+            new, info = _iht_step(prob, plan, state, budget, settings.direction, settings.max_growth)
+            fallbacks += int(info.get("fallback", False))
+            if new is None:
+                break
+            steps += 1
+            last_tau = info["tau"]
+            changed = not torch.equal(new.support, state.support)
+            support_changes += int(changed)
+            decrease = state.q - new.q
+            state = new
+            if not changed and decrease < settings.tol * abs(state.q):
+                break
+        entry.update(objective_after_iht=state.q, iht_iterations=steps, support_changes=support_changes,
+                     tau_last=last_tau)
+        if settings.direction == "reference":
+            entry["reference_fallbacks"] = fallbacks
+        if settings.backsolve:
+            if plan.method not in ("identity", "independent"):
+                plan = _plan_at(plans, state.xw, plan_log)
+                state.q = prob.objective(plan, state.w, state.xw)
+            state, cg = _backsolve(prob, plan, state, settings.cg_iters, settings.cg_tol)
+            entry.update(cg)
+        entry["objective_after"] = state.q
+        entry["seconds"] = time.perf_counter() - t_stage
+        stage_logs.append(entry)
+        w, support, final_q = state.w, state.support, state.q
+        if settings.anchor == "moving":
+            prob.anchor = w.clone()
+    if settings.update_weights:
+        w_out = w.to(torch.float32)
+    else:
+        w_out = w_ref.to(torch.float32)
+    log = {
+        "scope": settings.scope,
+        "objective": final_q,
+        "stages": stage_logs,
+        "plan": {**getattr(plans, "describe", {}), **plan_log.as_dict()},
+        "products": prob.products,
+        "solver_seconds": time.perf_counter() - t_all,
+    }
+    warnings = plan_log.warnings
+    if warnings:
+        log["warnings"] = list(warnings)
+    return SolveOutput(w=w_out, mask=support, log=log)
+
+
+class RegressionPruner(Pruner):
+    """Base of `lr` and `swap`: one solver, the plan provider is the only difference."""
+
+    Params = RegressionParams
+
+    def settings(self) -> Settings:
+        return Settings.from_params(self.params)
+
+    def make_plans(self, y: torch.Tensor) -> PlanProvider:
+        raise NotImplementedError
+
+    def _solve(self, w_bar: torch.Tensor, grads: GradientSet | None, k: int, layout: Layout) -> SolveOutput:
+        assert grads is not None  # Pruner.prune refuses None for pruners that need gradients
+        return solve_regression(grads, w_bar, k, layout, self.settings(), self.make_plans)

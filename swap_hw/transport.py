@@ -1,0 +1,569 @@
+"""Transport plans between two 1-D point clouds of equal size with uniform masses (SWAP's Π).
+
+The only module of swap_hw that imports POT (``ot``), lazily.
+
+Two clouds of n points each, mass 1/n per point:
+
+    a ∈ R^n   the targets' cloud,     a = X w̄  (the dense model's per-sample outputs y)
+    b ∈ R^n   the candidate's cloud,  b = X w
+    M_ij = (a_i − b_j)²               squared-distance cost (units of a², e.g. loss²)
+
+A plan Π ∈ R^{n×n}, Π ≥ 0, Π1 = 1/n (rows, a side), Πᵀ1 = 1/n (columns, b side) solves
+
+    Π_ε = argmin_Π ⟨Π, M⟩ − ε_abs H(Π),      H(Π) = −Σ Π_ij (log Π_ij − 1)
+
+with ε given RELATIVE to the cost scale: ε_abs = ε · scale, scale = mean_ij M_ij by default (the
+caller may fix another scale, e.g. the cost at the dense weights, so ε_abs stays constant while b
+moves). Special values:
+
+    ε = 0    the exact plan: in 1-D with equal uniform masses it is the monotone matching (sort
+             both clouds, pair rank to rank), O(n log n), stored as a permutation, never n×n;
+    ε = inf  the independent plan 11ᵀ/n²;
+    identity Π = I/n (point i ↔ point i), which is what LR uses: it makes SWAP's objective LR's.
+
+Every plan is returned as a `TransportResult` whose central output is the barycentric map
+
+    bary(v)_j = Σ_i Π_ij v_i / Σ_i Π_ij      (= n·(Πᵀv)_j when the columns have mass exactly 1/n)
+
+and in particular the barycentric targets ỹ = bary(a). Normalising by the actual column mass makes
+bary exact for the identity / sort / independent plans and insensitive to the residual marginal
+error of an iterative solve. With it, for any b,
+
+    (n/2)·⟨Π̂, M(a, b)⟩ = ½‖ỹ − b‖² + ½·spread,     spread = Σ_j (bary(a²)_j − ỹ_j²) ≥ 0
+
+where Π̂ is Π with its columns rescaled to mass exactly 1/n (Π̂ = Π for an exact solve); `spread`
+does not depend on b. That identity is what lets SWAP's frozen-plan step be an LR step toward ỹ.
+
+Entropic solver (the default `solver="sor"`): Sinkhorn's alternating scalings u = μ/(Kv),
+v = ν/(Kᵀu) with K = exp(−M/ε_abs), over-relaxed (log u ← (1−ω)·log u + ω·log u_new, ω = 1.8 by
+default), warm-startable from the previous call's log-scalings. On this project's clouds (heavy
+tailed per-sample outputs, see bench/prune_time.py) over-relaxation needs ~50 iterations where
+plain Sinkhorn needs ~750 for the same 1e-3 marginal error, and a warm start after one IHT step
+needs a handful. The kernel form is used while K cannot underflow (ε_abs ≥ max(M)/500); below
+that the same iteration runs on log-scalings with logsumexp. A divergence of the over-relaxed
+iteration (error growing or non-finite) restarts from the best scalings with ω = 1.
+`solver="pot"` uses POT instead: `ot.sinkhorn` (method "sinkhorn", fast, breaks below
+ε_abs ≈ 1e-3·max(M)) or `ot.bregman.sinkhorn_log` (robust at small ε, slower), chosen by ε_abs,
+with POT's `warmstart`.
+
+Convergence: the iteration stops when the relative RMS error of the row marginal,
+sqrt(mean_i (n·(Π1)_i − 1)²), is below `tol`; the columns are then normalised exactly. After every
+solve the marginals are checked; a plan with non-finite entries or a row error above
+`MARGINAL_ACCEPT` is a failure: the next solver is tried (POT's log-domain Sinkhorn), and if that
+fails too the exact sort plan is returned with `warning` set. Nothing here raises on a numerical
+failure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+# A plan whose rows miss their mass by more than this (relative RMS) is a failed solve.
+MARGINAL_ACCEPT = 1e-2
+# Relative log-scalings are folded into the stabilised kernel when they leave [−ABSORB, ABSORB];
+# after folding more than REBUILD in total the kernel is rebuilt from M (float32 entries below
+# e^−103 underflow at a build; after at most REBUILD of rescaling they are still below e^−43).
+ABSORB = 30.0
+REBUILD = 60.0
+# POT's kernel-form Sinkhorn is used while exp(−M/ε) has no entry below exp(−KERNEL_RANGE).
+KERNEL_RANGE = 500.0
+DEFAULT_OMEGA = 1.8
+
+Solver = Literal["sor", "pot"]
+
+
+@dataclass(frozen=True)
+class TransportResult:
+    """One plan between clouds a (rows) and b (columns), n points each, mass 1/n per point.
+
+    method:         "identity", "sort" (exact, ε = 0), "independent" (ε = inf), "sinkhorn" /
+                    "sinkhorn_log" (entropic, own over-relaxed iteration in kernel / log form),
+                    "pot_sinkhorn" / "pot_sinkhorn_log" (entropic, POT's solvers).
+    targets:        ỹ = bary(a) (float64, length n): the barycentric targets.
+    spread:         Σ_j (bary(a²)_j − ỹ_j²) ≥ 0, units of a²: what the plan's blur costs.
+    epsilon:        ε relative to the scale (0, a positive float, inf; None for the identity).
+    epsilon_abs:    ε_abs = ε·scale in units of a² (None for identity/sort/independent).
+    iterations:     Sinkhorn iterations used (0 for closed-form plans).
+    marginal_error: max over points of |n·(mass) − 1| over rows and columns (0 for exact plans).
+    row_rms:        relative RMS row-mass error, the quantity the iteration drives below tol.
+    warning:        None, or what went wrong (non-convergence, fallback to the sort plan, ...).
+    matching:       for permutation plans (identity, sort): matching[j] = the a-index paired with
+                    b-point j; None otherwise.
+    plan:           the dense n×n plan for entropic solves; None otherwise.
+    log_scalings:   (log u, log v) of an entropic solve, to warm-start the next one.
+    """
+
+    method: str
+    targets: torch.Tensor
+    spread: float
+    epsilon: float | None = None
+    epsilon_abs: float | None = None
+    iterations: int = 0
+    marginal_error: float = 0.0
+    row_rms: float = 0.0
+    warning: str | None = None
+    matching: torch.Tensor | None = None
+    plan: torch.Tensor | None = field(default=None, repr=False)
+    log_scalings: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _a: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.targets.numel())
+
+    def barycentric(self, v: torch.Tensor) -> torch.Tensor:
+        """bary(v)_j = Σ_i Π_ij v_i / Σ_i Π_ij for v on the a side (length n); float64 result."""
+        v = v.reshape(-1).to(torch.float64)
+        if self.matching is not None:
+            return v[self.matching]
+        if self.plan is not None:
+            return (self.plan.T @ v) / self.plan.sum(dim=0)
+        if self.method == "independent":
+            return torch.full_like(v, float(v.mean()))
+        raise RuntimeError(f"transport result of method {self.method!r} holds no plan")
+
+    def fit_cost(self, b: torch.Tensor) -> float:
+        """(n/2)·⟨Π̂, M(a, b)⟩ = ½‖ỹ − b‖² + ½·spread (see the module docstring), units of a²."""
+        r = self.targets - b.reshape(-1).to(torch.float64)
+        return 0.5 * float(r @ r) + 0.5 * self.spread
+
+    def dense(self) -> torch.Tensor:
+        """The n×n plan (float64, mass 1/n per row and column up to the solve's error)."""
+        n = self.n
+        if self.plan is not None:
+            return self.plan.clone()
+        out = torch.zeros((n, n), dtype=torch.float64)
+        if self.matching is not None:
+            out[self.matching, torch.arange(n)] = 1.0 / n
+            return out
+        if self.method == "independent":
+            return out.fill_(1.0 / (n * n))
+        raise RuntimeError(f"transport result of method {self.method!r} holds no plan")
+
+
+# --- closed-form plans ---------------------------------------------------------------------------
+
+
+def _as_cloud(x: torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x).detach().reshape(-1).to(torch.float64)
+    if x.numel() == 0:
+        raise ValueError(f"cloud {name} is empty")
+    return x
+
+
+def identity_plan(a: torch.Tensor) -> TransportResult:
+    """Π = I/n: point i of a is paired with point i of b. ỹ = a exactly, spread 0."""
+    a = _as_cloud(a, "a")
+    match = torch.arange(a.numel())
+    return TransportResult("identity", targets=a.clone(), spread=0.0, matching=match, _a=a)
+
+
+def sort_plan(a: torch.Tensor, b: torch.Tensor) -> TransportResult:
+    """The exact (ε = 0) plan: the monotone rank-to-rank matching of the sorted clouds.
+
+    In 1-D with equal uniform masses and a convex cost (|·|², here) the optimal plan pairs the
+    r-th smallest a with the r-th smallest b. Ties are broken by index (stable sort), so the
+    result is deterministic. O(n log n) time, O(n) memory.
+    """
+    a, b = _as_cloud(a, "a"), _as_cloud(b, "b")
+    if a.numel() != b.numel():
+        raise ValueError(f"clouds differ in size: {a.numel()} vs {b.numel()}")
+    order_a = torch.sort(a, stable=True).indices
+    order_b = torch.sort(b, stable=True).indices
+    match = torch.empty_like(order_a)
+    match[order_b] = order_a
+    return TransportResult("sort", targets=a[match], spread=0.0, epsilon=0.0, matching=match, _a=a)
+
+
+def independent_plan(a: torch.Tensor) -> TransportResult:
+    """Π = 11ᵀ/n² (ε = inf): every ỹ_j is mean(a); spread = n·Var(a)."""
+    a = _as_cloud(a, "a")
+    n = a.numel()
+    mean = float(a.mean())
+    spread = float(((a - mean) ** 2).sum())
+    return TransportResult("independent", targets=torch.full((n,), mean, dtype=torch.float64),
+                           spread=spread, epsilon=math.inf, _a=a)
+
+
+def cost_scale(a: torch.Tensor, b: torch.Tensor) -> float:
+    """mean_ij (a_i − b_j)² = Var(a) + Var(b) + (mean a − mean b)², in O(n) (population variances)."""
+    a, b = _as_cloud(a, "a"), _as_cloud(b, "b")
+    return float(a.var(unbiased=False) + b.var(unbiased=False) + (a.mean() - b.mean()) ** 2)
+
+
+def cost_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """M_ij = (a_i − b_j)² as an n×n float64 matrix."""
+    a, b = _as_cloud(a, "a"), _as_cloud(b, "b")
+    return (a[:, None] - b[None, :]).square_()
+
+
+# --- entropic plans ------------------------------------------------------------------------------
+
+
+def exact_potentials(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kantorovich potentials (f, g) of the exact plan (units of a²): f_i + g_j ≤ M_ij for all
+    pairs, with equality on the pairs of the monotone matching. O(n log n).
+
+    With a and b sorted, a_(r) matched to b_(r): f_(1) = 0, f_(r+1) = f_(r) + M(a_(r+1), b_(r+1)) −
+    M(a_(r), b_(r+1)), g_(r) = M(a_(r), b_(r)) − f_(r). This makes every matched pair and every
+    pair (a_(r), b_(r+1)) tight; the squared cost's Monge property makes all other pairs feasible.
+    They start the entropic iteration (lu = f/ε − log n, lv = g/ε), which then needs no long
+    ramp-up of the scalings of isolated points (a 10–20× saving at ε ≤ 0.05 on heavy-tailed
+    clouds, see bench/prune_time.py).
+    """
+    a, b = _as_cloud(a, "a"), _as_cloud(b, "b")
+    order_a = torch.sort(a, stable=True).indices
+    order_b = torch.sort(b, stable=True).indices
+    sa, sb = a[order_a], b[order_b]
+    step = (sa[1:] - sb[1:]) ** 2 - (sa[:-1] - sb[1:]) ** 2
+    f_sorted = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(step, dim=0)])
+    g_sorted = (sa - sb) ** 2 - f_sorted
+    f, g = torch.empty_like(a), torch.empty_like(b)
+    f[order_a], g[order_b] = f_sorted, g_sorted
+    return f, g
+
+
+
+def _sor_sinkhorn(
+    M: torch.Tensor,
+    eps_abs: float,
+    warm: tuple[torch.Tensor, torch.Tensor] | None,
+    max_iter: int,
+    tol: float,
+    omega: float,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int, str | None]:
+    """Over-relaxed, stabilised Sinkhorn; returns (plan, (lu, lv), iterations, note).
+
+    Uniform marginals μ = ν = 1/n; log-scalings lu, lv define Π_ij = exp(lu_i − M_ij/ε + lv_j).
+
+    Start (and rebuild): one log-domain iteration from the a-side scalings lu (lv = log ν −
+    logsumexp_i(lu_i − M_ij/ε), then lu likewise from lv: exact rows, so no row can underflow),
+    then the stabilised kernel K̃_ij = exp(lu_i − M_ij/ε + lv_j) — a plan, entries ≤ 1/n, held in
+    float32 (every entry that matters is representable; products cost half). The
+    iteration then runs in kernel form on relative log-scalings (su, sv):
+
+        sv ← sv + ω_v·(log ν − log(e^sv ⊙ K̃ᵀ e^su)),   su ← su + ω_u·(log μ − log(e^su ⊙ K̃ e^sv))
+
+    Each half-step takes ω_· = ω only if that raises the dual objective by at least 5 % of what
+    the plain step (ω = 1, the exact block maximiser) gains, else 1: the dual rises monotonically
+    and over-relaxation cannot diverge. When a relative scaling leaves [−ABSORB, ABSORB] it is
+    folded into K̃ by rescaling its rows and columns (one float32 pass); once the scalings folded
+    in that way total more than REBUILD (entries underflowed at the last build could matter
+    again) or turn non-finite, K̃ is rebuilt from M in the log domain. The iteration stops at a
+    relative RMS row error below tol/2 (the final exact column step moves the rows a little),
+    takes the best point seen and ends with that column step.
+    Cost: O(n²) memory; per call one logsumexp and one exp pass over n², then two float32
+    matrix-vector products per iteration.
+    """
+    n_a, n_b = M.shape
+    log_mu, log_nu = -math.log(n_a), -math.log(n_b)
+    neg = M.mul(-1.0 / eps_abs)
+
+    def build(lu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # one log-domain Sinkhorn iteration (columns from lu, then rows): every row of K̃ then
+        # has mass exactly 1/n, so none can underflow. One n×n work array, updated in place.
+        work = neg + lu[:, None]
+        lv = log_nu - torch.logsumexp(work, dim=0)
+        work.add_(lv[None, :])
+        shift = log_mu - torch.logsumexp(work, dim=1)  # = new lu − old lu
+        work.add_(shift[:, None])
+        return lu + shift, lv, work.exp_().to(torch.float32)
+
+    def times(K: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return (K @ torch.exp(s).to(torch.float32)).to(torch.float64)
+
+    lu = warm[0].to(torch.float64).clone() if warm is not None else torch.zeros(n_a, dtype=torch.float64)
+    lu, lv, Kt = build(lu)
+    folded = 0.0  # Σ of the largest |scalings| folded into K̃ since it was built
+    fresh = True  # no successful step since the last build
+    su = torch.zeros(n_a, dtype=torch.float64)
+    sv = torch.zeros(n_b, dtype=torch.float64)
+    best = (math.inf, lu, lv, Kt, su, sv)
+    relaxed = 0
+    it = 0
+    note = None
+
+    def relax(s_old: torch.Tensor, mass: torch.Tensor, log_target: float) -> torch.Tensor:
+        # The dual objective along s_old + w·Δ is φ(w) = w·t·ΣΔ_i − Σ m_i (e^{wΔ_i} − 1) + const
+        # (t = target mass per point, m = current masses); w = 1 maximises it.
+        nonlocal relaxed
+        delta = log_target - torch.log(mass)
+        if omega != 1.0:
+            t = math.exp(log_target)
+
+            def gain(w: float) -> float:
+                return float(w * t * delta.sum() - (mass * torch.expm1(w * delta)).sum())
+
+            if gain(omega) >= 0.05 * gain(1.0):
+                relaxed += 1
+                return s_old + omega * delta
+        return s_old + delta
+
+    for it in range(1, max_iter + 1):
+        sv_new = relax(sv, torch.exp(sv) * times(Kt.T, su), log_nu)
+        rows = torch.exp(su) * times(Kt, sv_new)
+        err = float(torch.sqrt(torch.mean((rows * n_a - 1.0) ** 2)))
+        if math.isfinite(err) and err < best[0]:
+            best = (err, lu, lv, Kt, su, sv_new)
+        if err < 0.5 * tol:  # margin for the final exact column step, which moves the rows a little
+            break
+        su_new = relax(su, rows, log_mu)
+        if bool(torch.isfinite(su_new).all() and torch.isfinite(sv_new).all()):
+            su, sv = su_new, sv_new
+            fresh = False
+            big = float(torch.maximum(su.abs().max(), sv.abs().max()))
+            if big <= ABSORB:
+                continue
+            if folded + float(su.abs().max()) + float(sv.abs().max()) <= REBUILD:
+                folded += float(su.abs().max()) + float(sv.abs().max())
+                Kt = Kt * torch.exp(su).to(torch.float32)[:, None] * torch.exp(sv).to(torch.float32)[None, :]
+                lu, lv = lu + su, lv + sv
+                su = torch.zeros(n_a, dtype=torch.float64)
+                sv = torch.zeros(n_b, dtype=torch.float64)
+                continue
+        # non-finite (a column of K̃ underflowed) or folded too far: rebuild from M
+        if fresh:  # a rebuilt kernel underflows again at once: no progress possible here
+            note = "kernel underflow right after a rebuild"
+            break
+        lu, lv, Kt = build(lu + su)
+        folded, fresh = 0.0, True
+        su = torch.zeros(n_a, dtype=torch.float64)
+        sv = torch.zeros(n_b, dtype=torch.float64)
+    _, lu, lv, Kt, su, sv = best
+    plan = Kt.to(torch.float64) * torch.exp(su)[:, None] * torch.exp(sv)[None, :]
+    col_fix = log_nu - torch.log(plan.sum(dim=0))  # exact columns
+    plan *= torch.exp(col_fix)[None, :]
+    if note is None and not relaxed and omega != 1.0 and it > 1:
+        note = f"over-relaxation (ω={omega:g}) never accepted"
+    return plan, (lu + su, lv + sv + col_fix), it, note
+
+
+def _pot_sinkhorn(
+    M: torch.Tensor,
+    eps_abs: float,
+    log_form: bool,
+    warm: tuple[torch.Tensor, torch.Tensor] | None,
+    max_iter: int,
+    tol: float,
+) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
+    """POT's Sinkhorn (torch backend); returns (plan, (lu, lv) stacked, iterations, note)."""
+    import warnings
+
+    import ot
+
+    n = M.shape[0]
+    mu = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    # POT stops on ‖Πᵀ1 − ν‖₂ < stopThr; the relative RMS of the column masses is √n times that.
+    stop = tol / math.sqrt(n)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if log_form:
+            plan, log = ot.bregman.sinkhorn_log(mu, mu, M, eps_abs, numItermax=max_iter, stopThr=stop,
+                                                log=True, warn=True, warmstart=warm)
+            lu, lv = log["log_u"], log["log_v"]
+        else:
+            plan, log = ot.sinkhorn(mu, mu, M, eps_abs, method="sinkhorn", numItermax=max_iter,
+                                    stopThr=stop, log=True, warn=True, warmstart=warm)
+            lu, lv = torch.log(log["u"]), torch.log(log["v"])
+    note = "; ".join(sorted({str(w.message).split(".")[0] for w in caught})) or None
+    return plan, torch.stack([lu, lv]), int(log["niter"]) + 1, note
+
+
+def _marginal_errors(plan: torch.Tensor) -> tuple[float, float]:
+    """(max relative error over rows and columns, relative RMS error of the rows)."""
+    n_a, n_b = plan.shape
+    rows = plan.sum(dim=1) * n_a
+    cols = plan.sum(dim=0) * n_b
+    worst = float(torch.maximum((rows - 1).abs().max(), (cols - 1).abs().max()))
+    rms = float(torch.sqrt(torch.mean((rows - 1.0) ** 2)))
+    return worst, rms
+
+
+def _entropic_from_plan(method: str, a: torch.Tensor, plan: torch.Tensor, epsilon: float, eps_abs: float,
+                        iterations: int, scalings, warning: str | None,
+                        errors: tuple[float, float]) -> TransportResult:
+    worst, rms = errors
+    col_mass = plan.sum(dim=0)
+    targets = (plan.T @ a) / col_mass
+    second = (plan.T @ (a * a)) / col_mass
+    spread = float((second - targets * targets).clamp_min(0.0).sum())
+    return TransportResult(method, targets=targets, spread=spread, epsilon=epsilon, epsilon_abs=eps_abs,
+                           iterations=iterations, marginal_error=worst, row_rms=rms, warning=warning,
+                           plan=plan, log_scalings=scalings, _a=a)
+
+
+def _check(plan: torch.Tensor | None) -> tuple[str | None, tuple[float, float]]:
+    """(why the plan is unusable or None, (max relative marginal error, relative RMS row error))."""
+    if plan is None:
+        return "no plan", (math.nan, math.nan)
+    errors = _marginal_errors(plan)  # NaN/inf anywhere in the plan shows up in these sums
+    worst, rms = errors
+    if not (math.isfinite(worst) and math.isfinite(rms)):
+        return "non-finite plan", errors
+    if not rms <= MARGINAL_ACCEPT or not bool((plan.sum(dim=0) > 0).all()):
+        return f"marginals violated (relative RMS row error {rms:.2e} > {MARGINAL_ACCEPT:g})", errors
+    return None, errors
+
+
+def entropic_plan(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    epsilon_abs: float,
+    *,
+    epsilon: float | None = None,
+    warm_start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-3,
+    solver: Solver = "sor",
+    omega: float = DEFAULT_OMEGA,
+) -> TransportResult:
+    """The entropic plan for an ABSOLUTE ε_abs > 0 (units of a²), with checks and fallbacks.
+
+    a, b:        the two clouds (length n each).
+    warm_start:  (log u, log v) from a previous result's `log_scalings` (same n).
+    max_iter:    Sinkhorn iterations at most (per solver tried), ≥ 1.
+    tol:         target relative RMS row-mass error, in (0, 1).
+    solver:      "sor" (own over-relaxed iteration, default) or "pot" (POT's solvers).
+    omega:       over-relaxation factor in [1, 2) for "sor".
+    The method (kernel or log form) follows ε_abs vs max(M): kernel while ε_abs ≥ max(M)/500.
+    On failure (non-finite plan, rows off by more than MARGINAL_ACCEPT) POT's log-domain solver
+    is tried, then the exact sort plan is returned with `warning` set.
+    """
+    a, b = _as_cloud(a, "a"), _as_cloud(b, "b")
+    if a.numel() != b.numel():
+        raise ValueError(f"clouds differ in size: {a.numel()} vs {b.numel()}")
+    if not (epsilon_abs > 0 and math.isfinite(epsilon_abs)):
+        raise ValueError(f"epsilon_abs must be a positive finite number, got {epsilon_abs}")
+    if not (1.0 <= omega < 2.0):
+        raise ValueError(f"omega must be in [1, 2), got {omega}")
+    eps_rel = epsilon if epsilon is not None else math.nan
+    M = cost_matrix(a, b)
+    n = a.numel()
+    notes: list[str] = []
+    usable = warm_start is not None and warm_start[0].numel() == n and warm_start[1].numel() == n and bool(
+        torch.isfinite(warm_start[0]).all() and torch.isfinite(warm_start[1]).all())
+    if not usable:
+        f, g = exact_potentials(a, b)
+        warm_start = (f / epsilon_abs - math.log(n), g / epsilon_abs)
+    if solver == "sor":
+        attempts = ["sinkhorn"]
+    else:
+        kernel_ok = epsilon_abs >= float(M.max()) / KERNEL_RANGE
+        attempts = ["pot_sinkhorn", "pot_sinkhorn_log"] if kernel_ok else ["pot_sinkhorn_log"]
+    for method in attempts:
+        try:
+            if method == "sinkhorn":
+                plan, scalings, iters, note = _sor_sinkhorn(M, epsilon_abs, warm_start, max_iter, tol, omega)
+            else:
+                plan, stacked, iters, note = _pot_sinkhorn(M, epsilon_abs, method == "pot_sinkhorn_log",
+                                                           warm_start, max_iter, tol)
+                scalings = (stacked[0], stacked[1])
+        except (RuntimeError, ValueError, FloatingPointError) as exc:  # numerical trouble
+            plan, iters, note, scalings = None, 0, f"{type(exc).__name__}: {exc}", None
+        failure, errors = _check(plan)
+        if note:
+            notes.append(f"{method}: {note}")
+        if failure is None:
+            if errors[1] > tol:
+                notes.append(f"{method}: stopped at row error {errors[1]:.1e} > tol {tol:g} after {iters} iterations")
+            return _entropic_from_plan(method, a, plan, eps_rel, epsilon_abs, iters, scalings,
+                                       "; ".join(notes) or None, errors)
+        notes.append(f"{method}: {failure}")
+    fallback = sort_plan(a, b)
+    message = "entropic plan failed (" + "; ".join(notes) + "); used the exact sort plan"
+    return TransportResult("sort", targets=fallback.targets, spread=0.0, epsilon=eps_rel,
+                           epsilon_abs=epsilon_abs, warning=message, matching=fallback.matching, _a=a)
+
+
+def transport_plan(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    epsilon: float,
+    *,
+    scale: float | None = None,
+    warm_start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-3,
+    solver: Solver = "sor",
+    omega: float = DEFAULT_OMEGA,
+) -> TransportResult:
+    """The plan for a RELATIVE ε ≥ 0 (or inf): 0 → sort plan, inf → independent plan, else
+    entropic with ε_abs = ε·scale, scale = `scale` or mean_ij M_ij (a zero scale gives the sort
+    plan). See `entropic_plan` for the other arguments."""
+    epsilon = float(epsilon)
+    if math.isnan(epsilon) or epsilon < 0:
+        raise ValueError(f"epsilon must be ≥ 0 or inf, got {epsilon}")
+    if epsilon == 0:
+        return sort_plan(a, b)
+    if math.isinf(epsilon):
+        return independent_plan(a)
+    s = cost_scale(a, b) if scale is None else float(scale)
+    if not (s > 0 and math.isfinite(s)):
+        result = sort_plan(a, b)
+        return TransportResult("sort", targets=result.targets, spread=0.0, epsilon=epsilon, epsilon_abs=0.0,
+                               warning=f"cost scale {s:g} is not positive; used the exact sort plan",
+                               matching=result.matching, _a=result._a)
+    return entropic_plan(a, b, epsilon * s, epsilon=epsilon, warm_start=warm_start, max_iter=max_iter, tol=tol,
+                         solver=solver, omega=omega)
+
+
+# --- plan providers for iterative solvers ---------------------------------------------------------
+
+
+class IdentityPlans:
+    """Π = I/n at every call: the provider that makes a regression pruner LR."""
+
+    def __init__(self, a: torch.Tensor):
+        self.a = _as_cloud(a, "a")
+        self._result = identity_plan(self.a)
+        self.describe = {"plan": "identity"}
+
+    def __call__(self, b: torch.Tensor) -> TransportResult:
+        return self._result
+
+
+class EntropicPlans:
+    """Π_ε between the fixed targets a and each new b, warm-started from the previous call.
+
+    ε is relative to a scale fixed at construction (default mean_ij (a_i − a_j)² = 2·Var(a), the
+    cost of the dense model's outputs against themselves), so ε_abs does not drift as b moves.
+    """
+
+    def __init__(
+        self,
+        a: torch.Tensor,
+        epsilon: float,
+        *,
+        scale: float | None = None,
+        max_iter: int = 1000,
+        tol: float = 1e-3,
+        solver: Solver = "sor",
+        omega: float = DEFAULT_OMEGA,
+        warm_start: bool = True,
+    ):
+        self.a = _as_cloud(a, "a")
+        self.epsilon = float(epsilon)
+        self.warm_start = bool(warm_start)
+        self.scale = cost_scale(self.a, self.a) if scale is None else float(scale)
+        self.max_iter, self.tol, self.solver, self.omega = int(max_iter), float(tol), solver, float(omega)
+        self._warm: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.describe = {
+            "plan": "entropic",
+            "epsilon": self.epsilon,
+            "epsilon_abs": self.epsilon * self.scale if math.isfinite(self.epsilon) else math.inf,
+            "scale": self.scale,
+            "scale_definition": "mean_ij (y_i − y_j)² = 2·Var(y), y = X w̄",
+            "solver": solver,
+            "warm_start": self.warm_start,
+        }
+
+    def __call__(self, b: torch.Tensor) -> TransportResult:
+        result = transport_plan(self.a, b, self.epsilon, scale=self.scale, warm_start=self._warm,
+                                max_iter=self.max_iter, tol=self.tol, solver=self.solver, omega=self.omega)
+        if result.log_scalings is not None and self.warm_start:
+            self._warm = result.log_scalings
+        return result

@@ -231,12 +231,15 @@ def exact_potentials(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
 def _sor_sinkhorn(
     M: torch.Tensor,
     eps_abs: float,
-    warm: tuple[torch.Tensor, torch.Tensor] | None,
+    starts: list[torch.Tensor],
     max_iter: int,
     tol: float,
     omega: float,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], int, str | None]:
     """Over-relaxed, stabilised Sinkhorn; returns (plan, (lu, lv), iterations, note).
+
+    `starts` are candidate a-side log-scalings (e.g. the previous call's and the exact plan's
+    potentials); each is built (below) and the one whose plan has the smaller row error is kept.
 
     Uniform marginals μ = ν = 1/n; log-scalings lu, lv define Π_ij = exp(lu_i − M_ij/ε + lv_j).
 
@@ -253,19 +256,31 @@ def _sor_sinkhorn(
     and over-relaxation cannot diverge. When a relative scaling leaves [−ABSORB, ABSORB] it is
     folded into K̃ by rescaling its rows and columns (one float32 pass); once the scalings folded
     in that way total more than REBUILD (entries underflowed at the last build could matter
-    again) or turn non-finite, K̃ is rebuilt from M in the log domain. The iteration stops at a
-    relative RMS row error below tol/2 (the final exact column step moves the rows a little),
-    takes the best point seen and ends with that column step.
-    Cost: O(n²) memory; per call one logsumexp and one exp pass over n², then two float32
+    again) or turn non-finite, K̃ is rebuilt from M in the log domain. Each iteration measures
+    the relative RMS row error of the plan it would return (exact columns), stops below tol and
+    returns the best such plan seen.
+    Cost: O(n²) memory; per call two logsumexp and one exp pass over n², then three float32
     matrix-vector products per iteration.
     """
     n_a, n_b = M.shape
     log_mu, log_nu = -math.log(n_a), -math.log(n_b)
+    mu_t, nu_t = 1.0 / n_a, 1.0 / n_b
     neg = M.mul(-1.0 / eps_abs)
 
     def build(lu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # one log-domain Sinkhorn iteration (columns from lu, then rows): every row of K̃ then
-        # has mass exactly 1/n, so none can underflow. One n×n work array, updated in place.
+        # One Sinkhorn iteration from lu (columns, then rows) in the log domain: every row of K̃
+        # then has mass exactly 1/n, so none can underflow. Fast form: shift each column by its
+        # max, exponentiate once in float32 (entries ≤ 1), normalise columns then rows by their
+        # sums; if a row underflowed to zero there, redo it with float64 logsumexps.
+        work = neg + lu[:, None]
+        col_max = work.amax(dim=0)
+        kernel = work.sub_(col_max[None, :]).to(torch.float32).exp_()
+        col_sum = (kernel.T @ torch.ones(n_a, dtype=torch.float32)).to(torch.float64)  # BLAS, not a strided sum
+        row_sum = kernel @ (nu_t / col_sum).to(torch.float32)
+        if bool((row_sum > 0).all()) and bool(torch.isfinite(row_sum).all()):
+            kernel.mul_((nu_t / col_sum).to(torch.float32)[None, :]).mul_((mu_t / row_sum)[:, None])
+            lv = log_nu - col_max - torch.log(col_sum)
+            return lu + torch.log(mu_t / row_sum.to(torch.float64)), lv, kernel
         work = neg + lu[:, None]
         lv = log_nu - torch.logsumexp(work, dim=0)
         work.add_(lv[None, :])
@@ -273,73 +288,87 @@ def _sor_sinkhorn(
         work.add_(shift[:, None])
         return lu + shift, lv, work.exp_().to(torch.float32)
 
-    def times(K: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return (K @ torch.exp(s).to(torch.float32)).to(torch.float64)
+    f32 = torch.float32
 
-    lu = warm[0].to(torch.float64).clone() if warm is not None else torch.zeros(n_a, dtype=torch.float64)
-    lu, lv, Kt = build(lu)
-    folded = 0.0  # Σ of the largest |scalings| folded into K̃ since it was built
+    def start_error(lu, lv, Kt) -> float:
+        v_exact = nu_t / (Kt.T @ torch.ones(n_a, dtype=Kt.dtype))
+        return float(torch.sqrt(torch.mean(((Kt @ v_exact) * n_a - 1.0) ** 2)))
+
+    candidates = [build(lu0.to(torch.float64)) for lu0 in starts] or [build(torch.zeros(n_a, dtype=torch.float64))]
+    errors = [start_error(*c) for c in candidates]
+    errors = [e if math.isfinite(e) else math.inf for e in errors]
+    lu, lv, Kt = candidates[errors.index(min(errors))]
+    del candidates
+    # Relative scalings U = e^su, V = e^sv (float32, kept within e^±ABSORB by folding).
+    U = torch.ones(n_a, dtype=f32)
+    V = torch.ones(n_b, dtype=f32)
+    folded = 0.0  # Σ of the largest |log scalings| folded into K̃ since it was built
     fresh = True  # no successful step since the last build
-    su = torch.zeros(n_a, dtype=torch.float64)
-    sv = torch.zeros(n_b, dtype=torch.float64)
-    best = (math.inf, lu, lv, Kt, su, sv)
+    best = (math.inf, lu, lv, Kt, U, V)
     relaxed = 0
     it = 0
     note = None
 
-    def relax(s_old: torch.Tensor, mass: torch.Tensor, log_target: float) -> torch.Tensor:
-        # The dual objective along s_old + w·Δ is φ(w) = w·t·ΣΔ_i − Σ m_i (e^{wΔ_i} − 1) + const
-        # (t = target mass per point, m = current masses); w = 1 maximises it.
+    def relax(mass: torch.Tensor, target: float) -> torch.Tensor:
+        """The multiplicative update e^{ωΔ} (or e^Δ), Δ = log(target/mass).
+
+        The dual objective along s + w·Δ is φ(w) = w·t·ΣΔ − Σ m(e^{wΔ} − 1) + const (t = target
+        mass per point, m = current masses); w = 1 maximises it.
+        """
         nonlocal relaxed
-        delta = log_target - torch.log(mass)
         if omega != 1.0:
-            t = math.exp(log_target)
-
-            def gain(w: float) -> float:
-                return float(w * t * delta.sum() - (mass * torch.expm1(w * delta)).sum())
-
-            if gain(omega) >= 0.05 * gain(1.0):
+            # in float64 and in the form Σ m_i·(wΔ_i e^{Δ_i} − (e^{wΔ_i} − 1)) (t = m_i e^{Δ_i}),
+            # which has no cancellation between large sums near convergence
+            m64 = mass.to(torch.float64)
+            delta = torch.log(target / m64)
+            gain_omega = float((m64 * (omega * delta * torch.exp(delta) - torch.expm1(omega * delta))).sum())
+            gain_one = float((m64 * (delta * torch.exp(delta) - torch.expm1(delta))).sum())
+            if gain_omega >= 0.05 * gain_one:
                 relaxed += 1
-                return s_old + omega * delta
-        return s_old + delta
+                return torch.exp(omega * delta).to(mass.dtype)
+        return target / mass
 
     for it in range(1, max_iter + 1):
-        sv_new = relax(sv, torch.exp(sv) * times(Kt.T, su), log_nu)
-        rows = torch.exp(su) * times(Kt, sv_new)
-        err = float(torch.sqrt(torch.mean((rows * n_a - 1.0) ** 2)))
+        ktu = Kt.T @ U
+        v_exact = nu_t / ktu  # the plain column step: exact columns
+        # the row error of the plan this call would return if it stopped here
+        err = float(torch.sqrt(torch.mean((U * (Kt @ v_exact) * n_a - 1.0) ** 2)))
         if math.isfinite(err) and err < best[0]:
-            best = (err, lu, lv, Kt, su, sv_new)
-        if err < 0.5 * tol:  # margin for the final exact column step, which moves the rows a little
+            best = (err, lu, lv, Kt, U, v_exact)
+        if err < tol:
             break
-        su_new = relax(su, rows, log_mu)
-        if bool(torch.isfinite(su_new).all() and torch.isfinite(sv_new).all()):
-            su, sv = su_new, sv_new
+        V_new = V * relax(V * ktu, nu_t)
+        U_new = U * relax(U * (Kt @ V_new), mu_t)
+        if bool(torch.isfinite(U_new).all() and torch.isfinite(V_new).all()) and \
+                float(torch.minimum(U_new.min(), V_new.min())) > 0:
+            U, V = U_new, V_new
             fresh = False
-            big = float(torch.maximum(su.abs().max(), sv.abs().max()))
-            if big <= ABSORB:
+            log_u, log_v = torch.log(U), torch.log(V)
+            big_u, big_v = float(log_u.abs().max()), float(log_v.abs().max())
+            if max(big_u, big_v) <= ABSORB:
                 continue
-            if folded + float(su.abs().max()) + float(sv.abs().max()) <= REBUILD:
-                folded += float(su.abs().max()) + float(sv.abs().max())
-                Kt = Kt * torch.exp(su).to(torch.float32)[:, None] * torch.exp(sv).to(torch.float32)[None, :]
-                lu, lv = lu + su, lv + sv
-                su = torch.zeros(n_a, dtype=torch.float64)
-                sv = torch.zeros(n_b, dtype=torch.float64)
+            if folded + big_u + big_v <= REBUILD:
+                folded += big_u + big_v
+                Kt = Kt * U[:, None] * V[None, :]
+                lu, lv = lu + log_u.to(torch.float64), lv + log_v.to(torch.float64)
+                U = torch.ones(n_a, dtype=f32)
+                V = torch.ones(n_b, dtype=f32)
                 continue
-        # non-finite (a column of K̃ underflowed) or folded too far: rebuild from M
-        if fresh:  # a rebuilt kernel underflows again at once: no progress possible here
+        # non-finite or zero (a column of K̃ underflowed) or folded too far: rebuild from M
+        if fresh:  # a rebuilt kernel fails again at once: no progress possible here
             note = "kernel underflow right after a rebuild"
             break
-        lu, lv, Kt = build(lu + su)
+        lu, lv, Kt = build(lu + torch.log(U).to(torch.float64))
         folded, fresh = 0.0, True
-        su = torch.zeros(n_a, dtype=torch.float64)
-        sv = torch.zeros(n_b, dtype=torch.float64)
-    _, lu, lv, Kt, su, sv = best
-    plan = Kt.to(torch.float64) * torch.exp(su)[:, None] * torch.exp(sv)[None, :]
-    col_fix = log_nu - torch.log(plan.sum(dim=0))  # exact columns
-    plan *= torch.exp(col_fix)[None, :]
+        U = torch.ones(n_a, dtype=f32)
+        V = torch.ones(n_b, dtype=f32)
+    _, lu, lv, Kt, U, _ = best
+    plan = Kt.to(torch.float64).mul_(U.to(torch.float64)[:, None])
+    col_scale = nu_t / (plan.T @ torch.ones(n_a, dtype=torch.float64))  # exact column step (the best point's V)
+    plan.mul_(col_scale[None, :])
     if note is None and not relaxed and omega != 1.0 and it > 1:
         note = f"over-relaxation (ω={omega:g}) never accepted"
-    return plan, (lu + su, lv + sv + col_fix), it, note
+    return plan, (lu + torch.log(U).to(torch.float64), lv + torch.log(col_scale)), it, note
 
 
 def _pot_sinkhorn(
@@ -373,38 +402,41 @@ def _pot_sinkhorn(
     return plan, torch.stack([lu, lv]), int(log["niter"]) + 1, note
 
 
-def _marginal_errors(plan: torch.Tensor) -> tuple[float, float]:
-    """(max relative error over rows and columns, relative RMS error of the rows)."""
+def _marginal_errors(plan: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(max relative error over rows and columns, relative RMS error of the rows, column masses)."""
     n_a, n_b = plan.shape
-    rows = plan.sum(dim=1) * n_a
-    cols = plan.sum(dim=0) * n_b
+    # matrix-vector products instead of sums over a dimension: BLAS speed on the n×n plan
+    col_mass = plan.T @ torch.ones(n_a, dtype=plan.dtype)
+    rows = (plan @ torch.ones(n_b, dtype=plan.dtype)) * n_a
+    cols = col_mass * n_b
     worst = float(torch.maximum((rows - 1).abs().max(), (cols - 1).abs().max()))
     rms = float(torch.sqrt(torch.mean((rows - 1.0) ** 2)))
-    return worst, rms
+    return worst, rms, col_mass
 
 
 def _entropic_from_plan(method: str, a: torch.Tensor, plan: torch.Tensor, epsilon: float, eps_abs: float,
                         iterations: int, scalings, warning: str | None,
-                        errors: tuple[float, float]) -> TransportResult:
-    worst, rms = errors
-    col_mass = plan.sum(dim=0)
-    targets = (plan.T @ a) / col_mass
-    second = (plan.T @ (a * a)) / col_mass
+                        errors: tuple[float, float, torch.Tensor]) -> TransportResult:
+    worst, rms, col_mass = errors
+    moments = plan.T @ torch.stack([a, a * a], dim=1)  # one pass over the plan for both
+    targets = moments[:, 0] / col_mass
+    second = moments[:, 1] / col_mass
     spread = float((second - targets * targets).clamp_min(0.0).sum())
     return TransportResult(method, targets=targets, spread=spread, epsilon=epsilon, epsilon_abs=eps_abs,
                            iterations=iterations, marginal_error=worst, row_rms=rms, warning=warning,
                            plan=plan, log_scalings=scalings, _a=a)
 
 
-def _check(plan: torch.Tensor | None) -> tuple[str | None, tuple[float, float]]:
-    """(why the plan is unusable or None, (max relative marginal error, relative RMS row error))."""
+def _check(plan: torch.Tensor | None) -> tuple[str | None, tuple[float, float, torch.Tensor | None]]:
+    """(why the plan is unusable or None, (max relative marginal error, relative RMS row error,
+    column masses))."""
     if plan is None:
-        return "no plan", (math.nan, math.nan)
+        return "no plan", (math.nan, math.nan, None)
     errors = _marginal_errors(plan)  # NaN/inf anywhere in the plan shows up in these sums
-    worst, rms = errors
+    worst, rms, col_mass = errors
     if not (math.isfinite(worst) and math.isfinite(rms)):
         return "non-finite plan", errors
-    if not rms <= MARGINAL_ACCEPT or not bool((plan.sum(dim=0) > 0).all()):
+    if not rms <= MARGINAL_ACCEPT or not bool((col_mass > 0).all()):
         return f"marginals violated (relative RMS row error {rms:.2e} > {MARGINAL_ACCEPT:g})", errors
     return None, errors
 
@@ -446,9 +478,8 @@ def entropic_plan(
     notes: list[str] = []
     usable = warm_start is not None and warm_start[0].numel() == n and warm_start[1].numel() == n and bool(
         torch.isfinite(warm_start[0]).all() and torch.isfinite(warm_start[1]).all())
-    if not usable:
-        f, g = exact_potentials(a, b)
-        warm_start = (f / epsilon_abs - math.log(n), g / epsilon_abs)
+    f, g = exact_potentials(a, b)
+    exact_start = (f / epsilon_abs - math.log(n), g / epsilon_abs)
     if solver == "sor":
         attempts = ["sinkhorn"]
     else:
@@ -457,10 +488,16 @@ def entropic_plan(
     for method in attempts:
         try:
             if method == "sinkhorn":
-                plan, scalings, iters, note = _sor_sinkhorn(M, epsilon_abs, warm_start, max_iter, tol, omega)
+                # Candidate starts, the best by initial error is kept: the previous solve's scalings;
+                # the exact plan's potentials (far better than zeros for small ε / far outliers);
+                # zeros on a cold call (better when well-separated groups of points make the
+                # exact potentials' relative offsets between groups a slow mode to undo).
+                zero = torch.zeros(n, dtype=torch.float64)
+                starts = [warm_start[0], exact_start[0]] if usable else [exact_start[0], zero]
+                plan, scalings, iters, note = _sor_sinkhorn(M, epsilon_abs, starts, max_iter, tol, omega)
             else:
                 plan, stacked, iters, note = _pot_sinkhorn(M, epsilon_abs, method == "pot_sinkhorn_log",
-                                                           warm_start, max_iter, tol)
+                                                           warm_start if usable else exact_start, max_iter, tol)
                 scalings = (stacked[0], stacked[1])
         except (RuntimeError, ValueError, FloatingPointError) as exc:  # numerical trouble
             plan, iters, note, scalings = None, 0, f"{type(exc).__name__}: {exc}", None

@@ -351,7 +351,7 @@ class Settings:
     update_weights: bool = True
     scope: str = "global"
     direction: Direction = "consistent"
-    plan_every: int = 1
+    plan_every: int = 10
 
     @classmethod
     def from_params(cls, params: Params) -> "Settings":

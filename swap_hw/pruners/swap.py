@@ -46,7 +46,10 @@ class SwapPruner(RegressionPruner):
             description="step direction: the gradient of the frozen-plan objective (consistent) or the "
             "authors' smoothed residual Xᵀ·nΠᵀ(Xw − y) + nλ(w − w̄) (reference)",
         )
-        plan_every: int = Field(1, ge=1, le=100000, description="recompute Π every this many IHT steps")
+        plan_every: int = Field(
+            10, ge=1, le=100000,
+            description="recompute Π (warm-started) every this many IHT steps; also before each backsolve",
+        )
         sinkhorn_iters: int = Field(1000, ge=1, le=1000000, description="Sinkhorn iterations per plan at most")
         sinkhorn_tol: float = Field(
             1e-3, gt=0, lt=1, description="Sinkhorn stops at this relative RMS error of the plan's row masses"

@@ -65,8 +65,10 @@ class WoodburyFisher:
     def gram(self, columns: torch.Tensor | None) -> torch.Tensor:
         """X_c X_cᵀ (n×n, float64) over the columns where the bool mask `columns` is True (all if None)."""
         if self.dense_x is not None:
-            x = self.dense_x if columns is None else self.dense_x[:, columns]
-            return (x @ x.T).to(torch.float64)
+            # float64: C = nδI + XXᵀ can be ill-conditioned (a few dominant rows, small δ) and its
+            # Cholesky factor carries every later solve
+            x = (self.dense_x if columns is None else self.dense_x[:, columns]).to(torch.float64)
+            return x @ x.T
         out = torch.empty((self.n, self.n), dtype=torch.float64)
         chunk = max(1, min(self.block, self.n))
         for start, stop, rows in self.grads.iter_rows(chunk):

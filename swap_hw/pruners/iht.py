@@ -40,6 +40,12 @@ s_0 = 0 (T = 1: one shot to s_T); a stage whose k_t keeps every weight is skippe
    residual `cg_tol`;
 4. anchor "moving": anchor ← w.
 
+Per-stage log entry: stage, sparsity, kept, objective_before (at H_k(w), under the stage's first
+plan), objective_after_iht, objective_after (after the backsolve, under the plan the backsolve
+used; for LR simply Q_LR), iht_iterations, support_changes, tau_last, seconds_per_step,
+cg_iterations, cg_relative_residual, and for entropic plans: plans (solves), sinkhorn_iterations,
+max_marginal_error; seconds. Objectives are in loss² (X w has the units of a loss).
+
 Only `grads.xv` and `grads.xtu` touch X, so a matrix-free GradientSet works unchanged. Products
 are in X's float32; vectors, reductions and CG scalars in float64.
 """
@@ -209,10 +215,22 @@ class _PlanLog:
         self.calls += 1
         self.iterations += plan.iterations
         self.max_marginal_error = max(self.max_marginal_error, plan.marginal_error)
+        self._stage_max = max(getattr(self, "_stage_max", 0.0), plan.marginal_error)
         self.methods.add(plan.method)
         self.seconds += seconds
         if plan.warning and plan.warning not in self.warnings:
             self.warnings.append(plan.warning)
+
+    def mark(self) -> tuple[int, int]:
+        self._stage_max = 0.0
+        return self.calls, self.iterations
+
+    def since(self, mark: tuple[int, int]) -> dict[str, Any]:
+        """This stage's plan solves: count, Sinkhorn iterations, largest marginal error."""
+        if self.calls == mark[0]:
+            return {}
+        return {"plans": self.calls - mark[0], "sinkhorn_iterations": self.iterations - mark[1],
+                "max_marginal_error": self._stage_max}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -391,8 +409,6 @@ def solve_regression(
         t_stage = time.perf_counter()
         k_t = k if t == len(sparsities) else kept_count(d, s_t)
         budget = Budget.make(layout, k_t, s_t if t < len(sparsities) else s_target, settings.scope)
-        if t == len(sparsities) and settings.scope == "global":
-            budget = Budget(((0, d, k),))
         entry: dict[str, Any] = {"stage": t, "sparsity": s_t, "kept": budget.kept}
         if budget.keeps_all:
             entry["skipped"] = "keeps every weight"
@@ -401,11 +417,13 @@ def solve_regression(
         support = budget.mask(w)
         w = torch.where(support, w, torch.zeros((), dtype=w.dtype))
         xw = prob.xv(w)
+        plan_mark = plan_log.mark()
         plan = _plan_at(plans, xw, plan_log)
         state = _State(w, support, xw, prob.objective(plan, w, xw))
         entry["objective_before"] = state.q
         steps = support_changes = fallbacks = 0
         last_tau = None
+        t_iht = time.perf_counter()
         for step in range(1, settings.iht_steps + 1):
             if step > 1 and (step - 1) % settings.plan_every == 0 and plan.method not in ("identity", "independent"):
                 plan = _plan_at(plans, state.xw, plan_log)
@@ -423,7 +441,7 @@ def solve_regression(
             if not changed and decrease < settings.tol * abs(state.q):
                 break
         entry.update(objective_after_iht=state.q, iht_iterations=steps, support_changes=support_changes,
-                     tau_last=last_tau)
+                     tau_last=last_tau, seconds_per_step=(time.perf_counter() - t_iht) / max(steps, 1))
         if settings.direction == "reference":
             entry["reference_fallbacks"] = fallbacks
         if settings.backsolve:
@@ -433,6 +451,7 @@ def solve_regression(
             state, cg = _backsolve(prob, plan, state, settings.cg_iters, settings.cg_tol)
             entry.update(cg)
         entry["objective_after"] = state.q
+        entry.update(plan_log.since(plan_mark))
         entry["seconds"] = time.perf_counter() - t_stage
         stage_logs.append(entry)
         w, support, final_q = state.w, state.support, state.q

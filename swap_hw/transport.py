@@ -592,10 +592,11 @@ class EntropicPlans:
         self.scale = cost_scale(self.a, self.a) if scale is None else float(scale)
         self.max_iter, self.tol, self.solver, self.omega = int(max_iter), float(tol), solver, float(omega)
         self._warm: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.describe = {
-            "plan": "entropic",
-            "epsilon": self.epsilon,
-            "epsilon_abs": self.epsilon * self.scale if math.isfinite(self.epsilon) else math.inf,
+        finite = math.isfinite(self.epsilon)
+        self.describe = {  # JSON-safe: an infinite ε is written "inf", its ε_abs None
+            "plan": "entropic" if finite and self.epsilon > 0 else ("independent" if not finite else "sort"),
+            "epsilon": self.epsilon if finite else "inf",
+            "epsilon_abs": self.epsilon * self.scale if finite else None,
             "scale": self.scale,
             "scale_definition": "mean_ij (y_i − y_j)² = 2·Var(y), y = X w̄",
             "solver": solver,

@@ -78,7 +78,8 @@ class RegressionParams(Params):
 
     lambda_: float = Field(
         0.01, ge=0, alias="lambda",
-        description="ridge λ ≥ 0 of (nλ/2)‖w − w̄‖² (dimensionless; tuned 0.001–0.01 on MLPNet)",
+        description="ridge λ ≥ 0 of (nλ/2)‖w − w̄‖², in the units of F = XᵀX/n (loss²/weight²); "
+        "0.001–0.01 on MLPNet",
     )
     stages: int = Field(1, ge=1, le=1000, description="T stages of the cubic sparsity schedule (1 = one-shot)")
     iht_steps: int = Field(

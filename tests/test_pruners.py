@@ -290,3 +290,18 @@ def test_mlpnet_digits_regression_pruners_beat_magnitude(digits_model, digits_gr
         result = PRUNERS.get(name)().prune(weights, grads, 0.8)
         assert result.sparsity == pytest.approx(0.8, abs=1e-3)
         assert accuracy(result) > mag + margin, name
+
+
+def test_woodfisher_row_block_path_matches_dense():
+    class RowsOnly(GradientSet):  # what a matrix-free GradientSet offers: products and row blocks
+        matrix_free = True
+
+        def dense(self):
+            raise AssertionError("dense X used")
+
+    grads = synthetic(11, n=30)
+    free = RowsOnly(X=grads.X, w_bar=grads.w_bar, layout=LAYOUT)
+    a = PRUNERS.get("woodfisher")(block=7).prune(weights_of(grads), grads, 0.6)
+    b = PRUNERS.get("woodfisher")(block=7).prune(weights_of(free), free, 0.6)
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    assert torch.allclose(flat(a), flat(b), atol=1e-4 * float(flat(a).abs().max()))

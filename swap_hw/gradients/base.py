@@ -294,12 +294,3 @@ class GradientSource(Component):
             )
         return operator
 
-
-def digital_copy_with_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """A deep copy of `model` whose named parameters are replaced by `weights` (for hooks)."""
-    clone = copy.deepcopy(model)
-    params = dict(clone.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    return clone

@@ -70,6 +70,13 @@ class ModelConfig(Strict):
         "swap_hw/zoo.py), or a list of parameter names / globs such as layer3.*",
     )
 
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"checkpoint file not found: {v}")
+        return v
+
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:

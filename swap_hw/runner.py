@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .config import Scenario
+from .errors import ConfigError, SwapHwError
 from .data import DataSplits, load_splits
 from .digest import tensors_digest
 from .deploy.base import Condition
@@ -168,7 +169,10 @@ def prepare(scenario: Scenario) -> Prepared:
     """Load the data and obtain the dense model (checkpoint, cache, or train it now)."""
     spec = scenario.spec
     seeds = Seeds(spec.seed)
-    splits = load_splits(spec.data, seeds.split)
+    try:
+        splits = load_splits(spec.data, seeds.split)
+    except SwapHwError as exc:  # name the scenario and the field, like validation errors do
+        raise ConfigError(scenario.file, "data", str(exc)) from None
     options = dict(spec.model.options)
 
     def build() -> nn.Module:
@@ -196,7 +200,11 @@ def prepare(scenario: Scenario) -> Prepared:
         p.requires_grad_(False)
     from .zoo import prunable_names
 
-    layout = Layout.from_model(dense, include=prunable_names(dense, spec.model.prune_layers))
+    try:
+        include = prunable_names(dense, spec.model.prune_layers)
+    except SwapHwError as exc:  # layer names are known only once the model is built
+        raise SwapHwError(f"{scenario.file}: {exc}") from None
+    layout = Layout.from_model(dense, include=include)
     return Prepared(scenario, splits, dense, layout, seeds, cached, init_state)
 
 

@@ -11,14 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-# tiny end-to-end scenario
-repeats: 2
-model: {train: {epochs: 3}}
-calibration: {n: 64}
-pruners: [magnitude]
-sparsities: [0.5, 0.8]
-"""
+from snippets import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

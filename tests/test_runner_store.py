@@ -11,13 +11,7 @@ from swap_hw.config import load_scenario
 from swap_hw.runner import plan_cells, prepare, run_scenario
 from swap_hw.store import Store
 
-TINY = """
-repeats: 2
-model: {train: {epochs: 3}}
-calibration: {n: 64}
-pruners: [magnitude]
-sparsities: [0.5, 0.8]
-"""
+from snippets import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def count_rows(db, table):

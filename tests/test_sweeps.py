@@ -24,13 +24,7 @@ from swap_hw.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-repeats: 2
-model: {train: {epochs: 3}}
-calibration: {n: 64}
-pruners: [magnitude]
-sparsities: [0.5, 0.8]
-"""
+from snippets import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")

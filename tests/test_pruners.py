@@ -144,11 +144,11 @@ def test_lr_beats_magnitude_on_its_objective_and_backsolve_is_optimal():
     grads = synthetic(3)
     weights = weights_of(grads)
     res = PRUNERS.get("lr")(cg_tol=1e-8, cg_iters=1000).prune(weights, grads, 0.8)
-    # the default λ = 0.01 is relative: λ_abs = 0.01 · mean(diag F) = 0.01 · mean(X²)
+    # the default λ = 1 is relative: λ_abs = 1 · mean(diag F) = mean(X²)
     lam = res.log["lambda_abs"]
-    assert lam == pytest.approx(0.01 * float(grads.X.double().pow(2).mean()), rel=1e-9)
+    assert lam == pytest.approx(float(grads.X.double().pow(2).mean()), rel=1e-9)
     absolute = PRUNERS.get("lr")(lambda_units="absolute", cg_tol=1e-8, cg_iters=1000).prune(weights, grads, 0.8)
-    assert absolute.log["lambda_abs"] == 0.01
+    assert absolute.log["lambda_abs"] == 1.0
     mag = PRUNERS.get("magnitude")().prune(weights, None, 0.8)
     w, w_mag = flat(res), flat(mag)
     assert lr_objective(grads, w, lam) < 0.8 * lr_objective(grads, w_mag, lam)

@@ -84,10 +84,12 @@ class RegressionParams(Params):
     # YAML, describe() and labels say `lambda` (a Python keyword, hence the field name lambda_)
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
+    # Default 1: robust one-shot (T = 1) on both MLPNets measured; multi-stage runs gain from a
+    # smaller ridge (MNIST, 10 stages: 0.01 is best), so tune it per model (docs/pruners.md).
     lambda_: float = Field(
-        0.01, ge=0, alias="lambda",
+        1.0, ge=0, alias="lambda",
         description="ridge λ ≥ 0 of (nλ_abs/2)‖w − w̄‖²; with lambda_units 'relative' λ_abs = λ·mean(diag F), "
-        "F = XᵀX/n, so λ is dimensionless and carries across models (0.001–0.1 measured on MLPNet)",
+        "F = XᵀX/n, so λ is dimensionless and carries across models (0.01–10 measured on MLPNet)",
     )
     lambda_units: Literal["relative", "absolute"] = Field(
         "relative",
@@ -371,7 +373,7 @@ def _backsolve(
 class Settings:
     """The solver's knobs (see RegressionParams for meanings and ranges)."""
 
-    lambda_: float = 0.01
+    lambda_: float = 1.0
     lambda_units: str = "relative"
     stages: int = 1
     iht_steps: int = 50

@@ -186,8 +186,8 @@ def test_pruning_from_products_gives_the_same_result(batch):
 @pytest.mark.parametrize("name,rtol", [("lr", 5e-3), ("swap", 2e-2)])
 def test_regression_pruners_give_the_same_result(name, rtol, digits_model):
     """Same masks and objective; the same weights to the tolerance the re-fit's conditioning allows.
-    lr's default ridge (0.01·mean diag F) with n = 64 ≪ d leaves the CG system ill-conditioned, so
-    product rounding (~1e-7) moves the re-fit weights by ~1e-3 relative. swap's Sinkhorn stops on
+    With n = 64 ≪ d and a ridge relative to mean(diag F) the CG system is ill-conditioned, so
+    product rounding (~1e-7) may move lr's re-fit weights by up to ~1e-3 relative. swap's Sinkhorn stops on
     a tolerance, so its barycentric targets and weights can shift by up to ~1e-2, same support."""
     if name not in PRUNERS:
         pytest.skip(f"pruner {name!r} is not registered yet")

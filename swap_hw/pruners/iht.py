@@ -52,7 +52,8 @@ Per-stage log entry: stage, sparsity, kept, objective_before (at H_k(w), under t
 plan), objective_after_iht (after the first IHT pass), objective_after (after the last backsolve,
 under the plan it used; for LR simply Q_LR), iht_iterations, support_changes, tau_last,
 seconds_per_step (IHT only), backsolves, cg_iterations (summed), cg_relative_residual (last),
-and for entropic plans: plans (solves), sinkhorn_iterations, max_marginal_error; seconds. Objectives are in loss² (X w has the units of a loss).
+and for entropic plans: plans (solves), sinkhorn_iterations, max_marginal_error; seconds.
+Objectives are in loss² (X w has the units of a loss).
 
 Only `grads.xv` and `grads.xtu` touch X, so a matrix-free GradientSet works unchanged. Products
 are in X's float32; vectors, reductions and CG scalars in float64.
@@ -447,8 +448,7 @@ def solve_regression(
         while True:
             # IHT while it moves the support. A step that keeps the support is steepest descent on
             # the restricted quadratic, which the backsolve finishes exactly (and far faster on an
-            # ill-conditioned X); from its minimiser IHT tries again, and a stage ends at a support
-            # that IHT's step rule cannot improve (or when the step budget is spent).
+            # ill-conditioned X); after a pass that moved it, IHT tries again from the re-fit.
             rounds += 1
             moved = False
             t_iht = time.perf_counter()

@@ -36,9 +36,9 @@ class SwapPruner(RegressionPruner):
     """IHT + CG backsolve on the entropic-Wasserstein regression objective."""
 
     class Params(RegressionParams):
-        # Larger than LR's 0.01: with a weak ridge and n < k the backsolve fits the blurred targets
-        # ỹ exactly and moves far from w̄ (MLPNet / MNIST s = 0.9, 10 stages: λ = 1 → 88.7 %,
-        # λ = 10 → 90.3 %; docs/pruners.md).
+        # Larger than lr's default 1: with a weak ridge and n < k the backsolve fits the blurred
+        # targets ỹ exactly and moves far from w̄ (MLPNet / MNIST s = 0.9, 10 stages: λ = 1 →
+        # 88.7 %, λ = 10 → 90.3 %; docs/pruners.md).
         lambda_: float = Field(
             10.0, ge=0, alias="lambda",
             description="ridge λ ≥ 0, relative to mean(diag F) unless lambda_units is 'absolute' (see lr); "

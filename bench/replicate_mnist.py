@@ -147,7 +147,11 @@ def main() -> None:
            "training and calibration, last 2,000 for testing (the training split is not available offline). "
            "Top-1 test accuracy in %, mean ± 95% t-interval over replicates (calibration draw of n = 1000 "
            "and gradient noise differ); bold = best at that sparsity. Gradient noise is the paper's: "
-           "N(0, (STD·std(g))²) added to a fraction PROP of every per-sample gradient's coordinates.", ""]
+           "N(0, (STD·std(g))²) added to a fraction PROP of every per-sample gradient's coordinates. "
+           "Pruner settings: one-shot lr and swap run 10 solver stages (cubic schedule, no training "
+           "between) and lr a ridge λ = 0.01 relative to mean(diag F), picked on one replicate "
+           "(docs/pruners.md), so read lr's one-shot rows as tuned; the gradual protocol calls every "
+           "pruner at its defaults once per stage.", ""]
     for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
         repeats = args.gradual_repeats if protocol == "gradual" else args.repeats
         scenario = parse_scenario_text(scenario_text(npz, protocol, repeats, args.quick),

@@ -395,6 +395,9 @@ def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | No
         store.start_run(run_id, scenario.name, scenario.file, scenario.text, scenario.resolved(),
                         scenario.spec.seed, package_versions(), git_commit())
         store.plan_cells(run_id, [c.key for c in cells])
+        store.relabel_cells((c.key, scenario.pruners[c.pruner].label, scenario.sources[c.source].label,
+                             scenario.conditions[c.condition].label)
+                            for c in cells if c.key in done and c.pruner is not None)
         computed = 0
         if prep is not None:
             from .executors import LocalExecutor

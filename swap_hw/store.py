@@ -169,6 +169,22 @@ class Store:
                               [(run_id, k) for k in cell_keys])
         self.conn.execute("COMMIT")
 
+    def relabel_cells(self, labels: Iterable[tuple[str, str, str, str]]) -> int:
+        """Set (pruner, source, condition) display labels of existing cells, given as
+        (cell_key, pruner, source, condition); returns how many changed.
+
+        A label lists the parameters that differ from the defaults of the code that wrote it, so a
+        cell reused after a default changed (same resolved parameters, same key) would keep a stale
+        label and split one configuration into two rows of a report. Its key, not its label, says
+        what it is, so the label follows the current code."""
+        rows = [(p, s, c, k, p, s, c) for k, p, s, c in labels]
+        self.conn.execute("BEGIN IMMEDIATE")
+        cur = self.conn.executemany(
+            "UPDATE cells SET pruner=?, source=?, condition=? WHERE cell_key=?"
+            " AND (pruner IS NOT ? OR source IS NOT ? OR condition IS NOT ?)", rows)
+        self.conn.execute("COMMIT")
+        return cur.rowcount
+
     def finish_run(self, run_id: str, status: str = "finished") -> None:
         self.conn.execute("UPDATE runs SET status=?, finished_at=? WHERE run_id=?", (status, time.time(), run_id))
 

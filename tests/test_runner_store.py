@@ -35,6 +35,22 @@ def test_run_then_rerun_skips_everything(write_scenario):
     assert len(records) == first.planned * 2
 
 
+def test_reused_cells_take_the_current_label(write_scenario):
+    # A cell written when a default differed carries a label like "magnitude(x=1)"; reused by a
+    # run whose resolved parameters are the same (same key), it must be reported under the
+    # current label, not split off as a second pruner.
+    scenario = load_scenario(write_scenario(TINY))
+    first = run_scenario(scenario)
+    with sqlite3.connect(scenario.spec.output.db) as conn:
+        conn.execute("UPDATE cells SET pruner='magnitude(old_default=1)', source='clean(x=2)' WHERE pruner='magnitude'"
+                     " AND sparsity_label='0.5'")
+    second = run_scenario(scenario)
+    assert second.computed == 0
+    with Store(scenario.spec.output.db) as store:
+        labels = {(r["pruner"], r["source"]) for r in store.records(first.run_id)}
+    assert labels == {("dense", "-"), ("magnitude", "clean")}
+
+
 def test_interrupted_run_resumes_without_duplicates(write_scenario):
     scenario = load_scenario(write_scenario(TINY))
     seen = []

@@ -372,22 +372,23 @@ def _backsolve(
 
 @dataclass(frozen=True)
 class Settings:
-    """The solver's knobs (see RegressionParams for meanings and ranges)."""
+    """The solver's knobs (see RegressionParams for meanings and ranges). Built from a pruner's
+    Params, which hold the defaults; only the two knobs `lr` does not expose have their own."""
 
-    lambda_: float = 1.0
-    lambda_units: str = "relative"
-    stages: int = 1
-    iht_steps: int = 50
-    tol: float = 1e-5
-    max_growth: int = 8
-    backsolve: bool = True
-    cg_iters: int = 200
-    cg_tol: float = 1e-5
-    anchor: str = "fixed"
-    update_weights: bool = True
-    scope: str = "global"
-    direction: Direction = "consistent"
-    plan_every: int = 10
+    lambda_: float
+    lambda_units: str
+    stages: int
+    iht_steps: int
+    tol: float
+    max_growth: int
+    backsolve: bool
+    cg_iters: int
+    cg_tol: float
+    anchor: str
+    update_weights: bool
+    scope: str
+    direction: Direction = "consistent"  # swap only: lr's gradient is the consistent one
+    plan_every: int = 10  # swap only: lr's identity plan never changes
 
     @classmethod
     def from_params(cls, params: Params) -> "Settings":

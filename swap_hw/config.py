@@ -118,6 +118,13 @@ class FinetuneConfig(Strict):
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of fine-tuning")
 
 
+class MultiStageConfig(Strict):
+    """protocol: multi_stage — T prune stages on the cubic schedule, gradients re-collected at the
+    pruned weights before each stage, no training (the CBS / CHITA++ one-shot procedure)."""
+
+    stages: int = Field(10, ge=1, le=1000, description="T: prune stages (cubic sparsity schedule)")
+
+
 class OutputConfig(Strict):
     db: str = Field("results/swap_hw.sqlite", description="SQLite results database")
     cache_dir: str = Field("results/cache", description="where trained dense models are cached")
@@ -139,10 +146,12 @@ class ScenarioFile(Strict):
     pruners: list[Any] = Field(min_length=1)
     sparsities: list[Sparsity] = Field(min_length=1)
     conditions: list[Any] = Field(default_factory=lambda: ["digital"], min_length=1)
-    protocol: Literal["one_shot", "gradual"] = Field(
-        "one_shot", description="one_shot: prune, evaluate, no retraining; gradual: prune in stages, "
-        "fine-tuning after each (see finetune)"
+    protocol: Literal["one_shot", "multi_stage", "gradual"] = Field(
+        "one_shot", description="one_shot: prune once, evaluate, no retraining; multi_stage: prune in "
+        "stages, gradients re-collected before each, no retraining (see multi_stage); gradual: prune in "
+        "stages, fine-tuning after each (see finetune)"
     )
+    multi_stage: MultiStageConfig = Field(default_factory=MultiStageConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

@@ -1,27 +1,38 @@
-"""Pruning protocols: `one_shot` (prune once, no training) and `gradual` (prune → fine-tune stages).
+"""Pruning protocols: `one_shot`, `multi_stage` (no training) and `gradual` (prune → fine-tune).
 
-one_shot — what the CBS/CHITA tables report: ``pruner.prune(w̄, X, s)`` once, then evaluate.
+one_shot — prune once: ``pruner.prune(w̄, X, s)`` with X collected at the dense weights, evaluate.
 
-gradual — what the SWAP paper's headline numbers include (specs/swap.md §2). With T stages on the
-cubic schedule
+multi_stage — one-shot in the CBS / CHITA++ sense (no training at all): T stages on the cubic
+schedule, the calibration gradients RE-COLLECTED at the current pruned weights before each stage.
+The quadratic models behind lr / swap / woodfisher are expansions around the point where X was
+taken; at s = 0.95 the pruned point is far from w̄, and re-linearising along the way is what keeps
+the model accurate there (measured: docs/pruners.md, "Re-collecting gradients").
+
+gradual — what the SWAP paper's headline numbers include (specs/swap.md §2): multi_stage plus E
+epochs of masked fine-tuning after each stage.
+
+With T stages on the cubic schedule
 
     s_t = s_T + (s_0 − s_T)·(1 − (t−1)/(T−1))³,   t = 1..T,   s_0 = 0   (T = 1: just s_T)
 
-each stage t
+each stage t of multi_stage and gradual
   1. collects the calibration gradients X_t at the CURRENT weights (stage 1 may reuse the
      gradients of the dense model), with the columns of already-pruned weights set to zero;
   2. calls ``pruner.prune(weights_t, X_t, s_t)`` — the pruner stays pure and sees the stage's
-     weights, in which every weight pruned so far is exactly 0;
+     weights, in which every weight pruned so far is exactly 0 (so its anchor w̄ is weights_t);
   3. intersects the new mask with the previous one, so the pruned set only grows (a pruner that
      kept a zeroed weight on its support loses it; counted as `revived` in the stage log);
-  4. writes the surviving weights into the model and fine-tunes E epochs with the mask enforced
-     after every optimiser step (`models.train_model(masks=...)`): pruned weights stay exactly 0.
+  4. writes the surviving weights into the model and (gradual only) fine-tunes E epochs with the
+     mask enforced after every optimiser step (`models.train_model(masks=...)`): pruned weights
+     stay exactly 0.
 
 The stage's sparsity is reached exactly unless a pruner revives weights (then it ends higher, and
 the log says by how much). Fine-tuning trains every parameter of the model (biases, BatchNorm
-affine parameters and running statistics too), so `prune_gradual` returns the whole model, not just
+affine parameters and running statistics too), so `prune_staged` returns the whole model, not just
 the pruned tensors. Seeds: stage t ≥ 2 collects with derive_seed(seed, "gradual-source", t) (stage
-1 uses `seed`, the one-shot seed) and fine-tunes with derive_seed(seed, "gradual-finetune", t).
+1 uses `seed`, the one-shot seed) and fine-tunes with derive_seed(seed, "gradual-finetune", t); the
+names are the gradual protocol's, which came first, and multi_stage shares them, so both protocols
+draw the same gradient noise at the same stage.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from .models import enforce_masks, train_model
 from .pruners.base import PruneResult, Pruner, check_sparsity, result_pqi_log
 from .seeding import derive_seed
 
-PROTOCOLS = ("one_shot", "gradual")
+PROTOCOLS = ("one_shot", "multi_stage", "gradual")
 
 
 class FinetuneSettings(Protocol):
@@ -76,23 +87,26 @@ def _stage_summary(log: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in log.items() if k not in ("layers", "pruner")}
 
 
-def prune_gradual(
+def prune_staged(
     pruner: Pruner,
     model: nn.Module,
     source: GradientSource | None,
     calib_batch: tuple[torch.Tensor, torch.Tensor],
-    train_split: tuple[torch.Tensor, torch.Tensor],
     sparsity: float,
-    finetune: FinetuneSettings,
+    stages: int,
     seed: int,
     layout: Layout | None = None,
     *,
+    finetune: FinetuneSettings | None = None,
+    train_split: tuple[torch.Tensor, torch.Tensor] | None = None,
     memory_budget_mb: float | None = None,
     first_grads: GradientSet | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, PruneResult]:
-    """Gradual pruning to `sparsity` in `finetune.stages` stages with `finetune.epochs` of masked
-    fine-tuning after each (see the module docstring). Returns (pruned fine-tuned model, result).
+    """Prune to `sparsity` in `stages` stages, re-collecting gradients before each (see the module
+    docstring): the `multi_stage` protocol, or `gradual` when `finetune` is given (then
+    `finetune.epochs` of masked fine-tuning on `train_split` follow each stage).
+    Returns (pruned model, result).
 
     pruner:      any one-shot pruner (`prune(weights, grads, s)`); iterative pruners (sap,
                  lottery) run their own prune–retrain loop and are refused here.
@@ -100,24 +114,28 @@ def prune_gradual(
     source:      the gradient source collecting X_t at each stage (None only for pruners that
                  need no gradients).
     calib_batch: the (x, y) calibration examples, the same at every stage.
+    stages:      T ≥ 1, the number of stages on the cubic schedule.
+    finetune:    the fine-tuning settings (epochs, lr, batch_size, weight_decay) or None.
     train_split: the (x, y) examples fine-tuning trains on (never the test split).
     first_grads: gradients already collected at the dense weights with `seed` (reused at stage 1).
     on_stage:    called with each stage's log entry as soon as the stage is done.
 
-    The result's masks are the final masks, its weights the final fine-tuned pruned tensors, its
+    The result's masks are the final masks, its weights the final pruned (fine-tuned) tensors, its
     log the usual per-layer sparsity / PQI (dense reference → final weights) plus
-    log["gradual"] = {"schedule", "stages": [per-stage entries], "finetune": {...}}.
+    log[protocol] = {"schedule", "stages": [per-stage entries], "finetune": {...} (gradual only)}.
     """
+    protocol = "multi_stage" if finetune is None else "gradual"
+    if finetune is not None and train_split is None:
+        raise ParameterError("the gradual protocol needs the train_split it fine-tunes on")
     if hasattr(pruner, "prune_iterative"):
         raise ParameterError(
-            f"pruner {pruner.name!r} runs its own prune–retrain loop; the gradual protocol applies to "
+            f"pruner {pruner.name!r} runs its own prune–retrain loop; the {protocol} protocol applies to "
             "one-shot pruners (magnitude, lr, swap, woodfisher)"
         )
     if pruner.needs_gradients and source is None:
-        raise ParameterError(f"pruner {pruner.name!r} needs a gradient source for the gradual protocol")
+        raise ParameterError(f"pruner {pruner.name!r} needs a gradient source for the {protocol} protocol")
     target = check_sparsity(sparsity)
-    schedule = cubic_schedule(target, int(finetune.stages))
-    x_train, y_train = train_split
+    schedule = cubic_schedule(target, int(stages))
     start_all = time.perf_counter()
 
     work = copy.deepcopy(model)
@@ -159,12 +177,13 @@ def prune_gradual(
         entry.update(prune=_stage_summary(result.log), revived=revived,
                      realised_sparsity=1.0 - float(keep.sum()) / max(1, layout.d))
 
-        t0 = time.perf_counter()
-        if int(finetune.epochs) > 0:
-            train_model(work, x_train, y_train, epochs=int(finetune.epochs), lr=float(finetune.lr),
-                        batch_size=int(finetune.batch_size), weight_decay=float(finetune.weight_decay),
-                        seed=derive_seed(seed, "gradual-finetune", t), masks=masks)
-        entry["finetune_seconds"] = time.perf_counter() - t0
+        if finetune is not None:
+            t0 = time.perf_counter()
+            if int(finetune.epochs) > 0:
+                train_model(work, *train_split, epochs=int(finetune.epochs), lr=float(finetune.lr),
+                            batch_size=int(finetune.batch_size), weight_decay=float(finetune.weight_decay),
+                            seed=derive_seed(seed, "gradual-finetune", t), masks=masks)
+            entry["finetune_seconds"] = time.perf_counter() - t0
         work.eval()
         stage_logs.append(entry)
         if on_stage is not None:
@@ -177,16 +196,17 @@ def prune_gradual(
     w_final = layout.flatten(final)
     masks = {n: m.clone() for n, m in layout.unflatten(keep).items()}
     log = {
-        "protocol": "gradual",
+        "protocol": protocol,
         "pruner": pruner.describe(),
         "sparsity_target": target,
         "kept": int(keep.sum()),
         "d": layout.d,
         "seconds": time.perf_counter() - start_all,
         **result_pqi_log(layout, w_dense, w_final, keep, masks),
-        "gradual": {
+        protocol: {
             "schedule": schedule,
-            "finetune": {k: getattr(finetune, k) for k in ("stages", "epochs", "lr", "batch_size", "weight_decay")},
+            **({"finetune": {k: getattr(finetune, k) for k in ("stages", "epochs", "lr", "batch_size", "weight_decay")}}
+               if finetune is not None else {}),
             "stages": stage_logs,
         },
         "final_stage": _stage_summary(last_log),

@@ -39,7 +39,7 @@ from .gradients.base import GradientSet, GradientSource
 from .layout import Layout
 from .models import apply_weights, build_model, cached_dense_model, load_checkpoint, train_model
 from .pruners.base import Pruner
-from .protocols import prune_gradual
+from .protocols import prune_staged
 from .seeding import derive_seed
 from .store import CellRecord, Store
 
@@ -120,6 +120,7 @@ def common_description(scenario: Scenario) -> dict[str, Any]:
         "calibration": spec.calibration.model_dump(mode="json"),
         "protocol": spec.protocol,
         **({"finetune": spec.finetune.model_dump(mode="json")} if spec.protocol == "gradual" else {}),
+        **({"multi_stage": spec.multi_stage.model_dump(mode="json")} if spec.protocol == "multi_stage" else {}),
     }
 
 
@@ -271,11 +272,15 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
     for (pi, sparsity), group in by_prune.items():
         pruner: Pruner = scenario.pruners[pi]
         t0 = time.perf_counter()
-        if scenario.spec.protocol == "gradual" and not hasattr(pruner, "prune_iterative"):
+        protocol = scenario.spec.protocol
+        if protocol in ("multi_stage", "gradual") and not hasattr(pruner, "prune_iterative"):
             target = _resolve_sparsity(sparsity, weights)
-            pruned, result = prune_gradual(
-                pruner, prep.dense, source, batch, (prep.splits.x_train, prep.splits.y_train), target,
-                scenario.spec.finetune, seeds.source(unit.replicate), prep.layout,
+            gradual = protocol == "gradual"
+            stages = scenario.spec.finetune.stages if gradual else scenario.spec.multi_stage.stages
+            pruned, result = prune_staged(
+                pruner, prep.dense, source, batch, target, stages, seeds.source(unit.replicate), prep.layout,
+                finetune=scenario.spec.finetune if gradual else None,
+                train_split=(prep.splits.x_train, prep.splits.y_train) if gradual else None,
                 memory_budget_mb=scenario.spec.calibration.memory_budget_mb, first_grads=grads)
         else:
             result, target = run_pruner(prep, pruner, sparsity, weights, grads, unit.replicate)

@@ -1,5 +1,6 @@
-"""The gradual protocol: cubic schedule, pruned weights held at zero through fine-tuning, exact
-final sparsity, masks that only grow, and the runner recording which protocol made each cell."""
+"""The staged protocols (multi_stage, gradual): cubic schedule, gradients re-collected at the pruned
+weights, pruned weights held at zero through fine-tuning, exact final sparsity, masks that only
+grow, and the runner recording which protocol made each cell."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from swap_hw.gradients import GRADIENT_SOURCES
 from swap_hw.layout import Layout
 from swap_hw.pruners import PRUNERS, Pruner, kept_count
 from swap_hw.pruners.base import SolveOutput, hard_threshold_mask
-from swap_hw.protocols import cubic_schedule, prune_gradual
+from swap_hw.protocols import cubic_schedule, prune_staged
 from swap_hw.runner import run_scenario
 
 FINETUNE = SimpleNamespace(stages=4, epochs=1, lr=1e-3, batch_size=64, weight_decay=0.0)
@@ -71,8 +72,10 @@ class KeepsSmallest(Pruner):
 
 def run(pruner, digits_model, sparsity=0.9, source="clean", finetune=FINETUNE, **kw):
     model, splits = digits_model
-    return prune_gradual(pruner, model, GRADIENT_SOURCES.get(source)(), splits.calibration(96, 0),
-                         (splits.x_train, splits.y_train), sparsity, finetune, seed=7, **kw)
+    stages = finetune.stages if finetune is not None else kw.pop("stages")
+    train = (splits.x_train, splits.y_train) if finetune is not None else None
+    return prune_staged(pruner, model, GRADIENT_SOURCES.get(source)(), splits.calibration(96, 0), sparsity,
+                        stages, seed=7, finetune=finetune, train_split=train, **kw)
 
 
 def test_gradual_magnitude_reaches_the_target_with_pruned_weights_at_zero(digits_model):
@@ -127,10 +130,11 @@ def test_first_stage_reuses_given_gradients(digits_model):
     model, splits = digits_model
     batch = splits.calibration(96, 0)
     given = GRADIENT_SOURCES.get("clean")().collect(model, batch, seed=7)
-    a = prune_gradual(GradientStep(), model, GRADIENT_SOURCES.get("clean")(), batch,
-                      (splits.x_train, splits.y_train), 0.8, FINETUNE, seed=7)[1]
-    b = prune_gradual(GradientStep(), model, GRADIENT_SOURCES.get("clean")(), batch,
-                      (splits.x_train, splits.y_train), 0.8, FINETUNE, seed=7, first_grads=given)[1]
+    train = (splits.x_train, splits.y_train)
+    a = prune_staged(GradientStep(), model, GRADIENT_SOURCES.get("clean")(), batch, 0.8, 4, seed=7,
+                     finetune=FINETUNE, train_split=train)[1]
+    b = prune_staged(GradientStep(), model, GRADIENT_SOURCES.get("clean")(), batch, 0.8, 4, seed=7,
+                     finetune=FINETUNE, train_split=train, first_grads=given)[1]
     assert all(torch.equal(a.weights[n], b.weights[n]) for n in a.weights)  # same seed → same run
 
 
@@ -147,6 +151,67 @@ def test_a_pruner_that_revives_weights_cannot_shrink_the_pruned_set(digits_model
     assert sum(e["revived"] for e in stages) > 0  # it tried
     realised = [e["realised_sparsity"] for e in stages]
     assert realised == sorted(realised) and result.sparsity >= 0.6
+
+
+class RecordingSource:
+    """Clean gradients, remembering the weights of every model it was asked to collect at."""
+
+    def __init__(self):
+        self.inner, self.seen = GRADIENT_SOURCES.get("clean")(), []
+
+    def collect(self, model, batch, seed, layout=None, memory_budget_mb=None):
+        self.seen.append({k: v.detach().clone() for k, v in model.named_parameters()})
+        return self.inner.collect(model, batch, seed, layout, memory_budget_mb=memory_budget_mb)
+
+
+def test_multi_stage_recollects_gradients_at_the_pruned_weights_and_never_trains(digits_model):
+    model, splits = digits_model
+    source, seen_stages = RecordingSource(), []
+    pruned, result = prune_staged(PRUNERS.get("lr")(), model, source, splits.calibration(96, 0), 0.9, 4, seed=7,
+                                  on_stage=seen_stages.append)
+    layout = Layout.from_model(model)
+    assert result.log["protocol"] == "multi_stage" and "finetune" not in result.log["multi_stage"]
+    stages = result.log["multi_stage"]["stages"]
+    assert stages == seen_stages and [e["sparsity"] for e in stages] == cubic_schedule(0.9, 4)
+    assert all("finetune_seconds" not in e and e["revived"] == 0 for e in stages)
+    assert len(source.seen) == 4  # one collection per stage
+    dense = dict(model.named_parameters())
+    assert all(torch.equal(source.seen[0][k], v) for k, v in dense.items())  # stage 1 at w̄
+    # stage t ≥ 2 collects at the weights stage t − 1 wrote: zeros where pruned, re-fitted elsewhere
+    # (stage 1 is at s_1 = s_0 = 0 on the cubic schedule, so stage 3 is the first to see a change)
+    assert stages[0]["sparsity"] == 0.0
+    for t in range(2, 4):
+        w_t = layout.flatten(source.seen[t])
+        kept = kept_count(layout.d, stages[t - 1]["sparsity"])
+        assert int((w_t != 0).sum()) == kept
+        assert not torch.equal(w_t, layout.flatten(source.seen[t - 1]))
+    # no training: biases are the dense ones, the final weights are the last stage's
+    params = dict(pruned.named_parameters())
+    assert torch.equal(params["layers.1.bias"], dense["layers.1.bias"])
+    assert int((layout.flatten(result.weights) != 0).sum()) == kept_count(layout.d, 0.9)
+
+
+def test_multi_stage_lr_beats_lr_on_gradients_taken_once(digits_model):
+    """The point of re-collecting: the quadratic model is re-expanded where the weights now are."""
+    from swap_hw.deploy.base import accuracy_and_loss
+    from swap_hw.models import apply_weights
+
+    model, splits = digits_model
+    batch = splits.calibration(256, 0)
+    layout = Layout.from_model(model)
+    grads = GRADIENT_SOURCES.get("clean")().collect(model, batch, seed=7)
+    once = PRUNERS.get("lr")(stages=6).prune(layout.weights_of(model), grads, 0.95)
+    staged, _ = prune_staged(PRUNERS.get("lr")(), model, GRADIENT_SOURCES.get("clean")(), batch, 0.95, 6, seed=7)
+    acc_once = accuracy_and_loss(apply_weights(model, once.weights), *splits.test)[0]
+    acc_staged = accuracy_and_loss(staged, *splits.test)[0]
+    assert acc_staged > acc_once + 0.02, (acc_staged, acc_once)
+
+
+def test_gradual_needs_the_training_split(digits_model):
+    model, splits = digits_model
+    with pytest.raises(ParameterError, match="train_split"):
+        prune_staged(PRUNERS.get("magnitude")(), model, None, splits.calibration(32, 0), 0.5, 2, seed=0,
+                     finetune=FINETUNE)
 
 
 def test_iterative_pruners_are_refused(digits_model):
@@ -178,11 +243,18 @@ def test_runner_records_the_protocol_of_each_cell(write_scenario):
     with sqlite3.connect(one_shot.spec.output.db) as conn:
         protocols = {r[0] for r in conn.execute("SELECT protocol FROM cells WHERE pruner = 'magnitude'")}
     assert protocols == {"one_shot", "gradual"}  # same database, different cells
+    multi = load_scenario(write_scenario(GRADUAL.replace("protocol: gradual", "protocol: multi_stage\nmulti_stage: {stages: 3}"), "multi.yaml"))
+    run_scenario(multi)
+    with sqlite3.connect(multi.spec.output.db) as conn:
+        protocols = {r[0] for r in conn.execute("SELECT protocol FROM cells WHERE pruner = 'magnitude'")}
+    assert protocols == {"one_shot", "multi_stage", "gradual"}
 
 
 @pytest.mark.parametrize("body,field", [
     ("protocol: gradual_ish", "protocol"),
     ("finetune: {stages: 0}", "finetune.stages"),
+    ("multi_stage: {stages: 0}", "multi_stage.stages"),
+    ("multi_stage: {epochs: 1}", "multi_stage.epochs"),
     ("finetune: {lr: 0}", "finetune.lr"),
     ("finetune: {warmup: 1}", "finetune.warmup"),
 ])

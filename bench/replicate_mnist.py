@@ -1,6 +1,7 @@
 """Replicate the SWAP paper's MLPNet / MNIST benchmark on the real MNIST test split, offline.
 
-    python bench/replicate_mnist.py [--mnist ../shared/data/mnist] [--protocols one_shot,gradual]
+    python bench/replicate_mnist.py [--mnist ../shared/data/mnist]
+                                    [--protocols one_shot,multi_stage,gradual]
                                     [--repeats 5] [--workers 2] [--quick]
 
 Data: the official MNIST test split (10,000 images; the training split is not on these machines),
@@ -9,13 +10,14 @@ calibration and the last 2,000 for testing, written once to results/bench/mnist_
 Model: MLPNet 784-40-20-10 (ReLU), trained by swap_hw on the 8,000 images.
 Grid: pruners magnitude / lr / swap / woodfisher × sparsity {0.5, 0.7, 0.9, 0.95, 0.98} × gradient
 noise {none, the paper's gaussian STD ∈ {1, 2, 4} × PROP ∈ {0.1, 0.25}} × `--repeats` replicates
-(calibration draw of n = 1000 and noise differ) × protocol (one_shot; gradual = 5 stages on the
-cubic schedule with one epoch of masked fine-tuning after each). The dense model is trained with
+(calibration draw of n = 1000 and noise differ) × protocol (one_shot: gradients collected once;
+multi_stage: 10 stages on the cubic schedule, gradients re-collected at the pruned weights before
+each, no training; gradual: 5 stages with one epoch of masked fine-tuning after each). The dense model is trained with
 Adam and an L2 penalty of 1e-3 (without it, magnitude pruning of this model collapses far below
 the published numbers: a dense model trained without weight decay is not magnitude-friendly).
-The gradual protocol costs about ten times a one-shot prune, so it runs on the noise-free and the
-STD 2 / PROP 0.25 settings only, with `--gradual-repeats` replicates. `--quick`: that reduced
-noise grid for both protocols.
+The multi_stage and gradual protocols cost several times a one-shot prune, so they run on the
+noise-free and the STD 2 / PROP 0.25 settings only (gradual with `--gradual-repeats` replicates).
+`--quick`: that reduced noise grid for every protocol.
 
 Every cell goes through the ordinary runner into results/bench/replicate_mnist.sqlite, so an
 interrupted benchmark resumes where it stopped. At the end it writes docs/results.md: one table per
@@ -69,7 +71,8 @@ def pruner_entries(protocol: str) -> str:
     """One-shot: lr and swap run 10 solver stages (cubic schedule, no training between: the
     CHITA++/CBS style of one-shot), and lr a ridge tuned for that (λ = 0.01 relative, the spec's
     "λ tuned per model"; chosen in a one-replicate investigation, docs/pruners.md).
-    Gradual: the protocol's own 5 stages call each pruner once per stage, at its defaults."""
+    multi_stage and gradual: the protocol's own stages call each pruner once per stage, at its
+    defaults (nothing tuned)."""
     if protocol == "one_shot":
         return ", ".join({"lr": "{name: lr, stages: 10, lambda: 0.01}", "swap": "{name: swap, stages: 10}"}.get(p, p)
                          for p in PRUNERS)
@@ -77,7 +80,7 @@ def pruner_entries(protocol: str) -> str:
 
 
 def scenario_text(npz: Path, protocol: str, repeats: int, quick: bool) -> str:
-    quick = quick or protocol == "gradual"
+    quick = quick or protocol in ("multi_stage", "gradual")
     noisy = ("{name: gaussian, std: 2, prop: 0.25}" if quick
              else "{name: gaussian, std: [1, 2, 4], prop: [0.1, 0.25]}")
     return f"""
@@ -93,6 +96,7 @@ pruners: [{pruner_entries(protocol)}]
 sparsities: {SPARSITIES}
 conditions: [digital]
 protocol: {protocol}
+multi_stage: {{stages: 10}}
 finetune: {{stages: 5, epochs: 1, lr: 0.001, batch_size: 128}}
 output: {{db: {ROOT / 'results/bench/replicate_mnist.sqlite'}, cache_dir: {ROOT / 'results/cache'}}}
 """
@@ -125,7 +129,7 @@ def table_md(summary, source: str) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", default=str(ROOT.parent / "shared/data/mnist"))
-    ap.add_argument("--protocols", default="one_shot,gradual")
+    ap.add_argument("--protocols", default="one_shot,multi_stage,gradual")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--gradual-repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
@@ -150,8 +154,10 @@ def main() -> None:
            "N(0, (STD·std(g))²) added to a fraction PROP of every per-sample gradient's coordinates. "
            "Pruner settings: one-shot lr and swap run 10 solver stages (cubic schedule, no training "
            "between) and lr a ridge λ = 0.01 relative to mean(diag F), picked on one replicate "
-           "(docs/pruners.md), so read lr's one-shot rows as tuned; the gradual protocol calls every "
-           "pruner at its defaults once per stage.", ""]
+           "(docs/pruners.md), so read lr's one-shot rows as tuned. The multi_stage protocol (10 stages on "
+           "the cubic schedule, gradients re-collected at the pruned weights before each, no training: "
+           "the CBS / CHITA++ way of pruning one-shot) and the gradual protocol (5 stages, one epoch of "
+           "masked fine-tuning after each) call every pruner at its defaults once per stage.", ""]
     for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
         repeats = args.gradual_repeats if protocol == "gradual" else args.repeats
         scenario = parse_scenario_text(scenario_text(npz, protocol, repeats, args.quick),

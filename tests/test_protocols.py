@@ -204,7 +204,7 @@ def test_multi_stage_lr_beats_lr_on_gradients_taken_once(digits_model):
     staged, _ = prune_staged(PRUNERS.get("lr")(), model, GRADIENT_SOURCES.get("clean")(), batch, 0.95, 6, seed=7)
     acc_once = accuracy_and_loss(apply_weights(model, once.weights), *splits.test)[0]
     acc_staged = accuracy_and_loss(staged, *splits.test)[0]
-    assert acc_staged > acc_once + 0.02, (acc_staged, acc_once)
+    assert acc_staged > acc_once + 0.2, (acc_staged, acc_once)  # measured 0.80 vs 0.32
 
 
 def test_gradual_needs_the_training_split(digits_model):

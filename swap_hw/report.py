@@ -52,6 +52,7 @@ class Summary:
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]]  # row → column → (mean, ci, n)
     best: set[tuple[tuple, tuple]]
     realised: dict[tuple, float]  # row → mean realised sparsity (what `auto` chose; iterative pruners' reach)
+    protocols: dict[tuple, str]  # row → the protocol(s) that produced it (one_shot, multi_stage, gradual, iterative)
 
     def sparsity_label(self, row: tuple) -> str:
         """The row's sparsity; when the realised one differs (auto, a target not reached) both."""
@@ -115,6 +116,7 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
     per_seed: dict[tuple, dict[tuple, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     pruner_order: dict[str, int] = {}
     realised: dict[tuple, dict[tuple, float]] = defaultdict(dict)
+    protocols: dict[tuple, set[str]] = defaultdict(set)
     for r in records:
         if r["metric"] != metric or r["value"] is None:
             continue
@@ -123,6 +125,8 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
             realised[row][(r["seed"], r["cell_key"])] = r["sparsity"]
         col = (r["condition"], r["drift_time"], _extra_tags(r))
         per_seed[row][col][r["seed"]].append(r["value"])
+        if r.get("protocol") and r["pruner"] != "dense":  # the dense row is not pruned by any protocol
+            protocols[row].add(r["protocol"])
         pruner_order.setdefault(r["pruner"], len(pruner_order))
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]] = {}
     columns: set[tuple] = set()
@@ -154,7 +158,8 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
                 top = max(s for s, _ in scored)
                 best.update((r, col) for s, r in scored if s == top)
     mean_realised = {row: sum(v.values()) / len(v) for row, v in realised.items() if v}
-    return Summary(metric, ordered_cols, rows, cells, best, mean_realised)
+    return Summary(metric, ordered_cols, rows, cells, best, mean_realised,
+                   {row: ", ".join(sorted(v)) for row, v in protocols.items()})
 
 
 def _fmt(metric: str, mean: float, ci: float) -> str:
@@ -174,6 +179,7 @@ def render_table(summary: Summary, title: str = "", console=None) -> None:
     if show_source:
         table.add_column("source")
     table.add_column("pruner")
+    table.add_column("protocol")
     table.add_column("sparsity", justify="right")
     for col in summary.columns:
         table.add_column(summary.column_label(col), justify="right")
@@ -192,7 +198,7 @@ def render_table(summary: Summary, title: str = "", console=None) -> None:
             text = _fmt(summary.metric, mean, ci)
             values.append(f"[bold green]★ {text}[/]" if (row, col) in summary.best else text)
         lead = [row[0]] if show_source else []
-        table.add_row(*lead, row[1], summary.sparsity_label(row), *values)
+        table.add_row(*lead, row[1], summary.protocols.get(row, ""), summary.sparsity_label(row), *values)
     console.print(table)
 
 
@@ -213,7 +219,7 @@ def summary_as_dict(summary: Summary) -> list[dict[str, Any]]:
     out = []
     for row in summary.rows:
         for col, (mean, ci, n) in summary.cells[row].items():
-            out.append({"source": row[0], "pruner": row[1], "sparsity": row[2],
+            out.append({"source": row[0], "pruner": row[1], "protocol": summary.protocols.get(row), "sparsity": row[2],
                         "realised_sparsity": summary.realised.get(row), "condition": col[0],
                         "drift_time": col[1], "tags": col[2], "metric": summary.metric, "mean": mean,
                         "ci95": None if math.isnan(ci) else ci, "replicates": n,

@@ -238,6 +238,20 @@ def test_runner_records_the_protocol_of_each_cell(write_scenario):
         rows = conn.execute("SELECT pruner, protocol, sparsity FROM cells").fetchall()
     assert {(p, proto) for p, proto, _ in rows} == {("dense", "gradual"), ("magnitude", "gradual")}
     assert [s for p, _, s in rows if p == "magnitude"][0] == pytest.approx(0.8, abs=1e-3)
+    # the report says which protocol produced each number
+    from rich.console import Console
+
+    from swap_hw.report import render_table, summarize, summary_as_dict
+    from swap_hw.store import Store
+
+    with Store(summary.db) as store:
+        report = summarize(store.records(summary.run_id))
+    assert {row[1]: report.protocols.get(row) for row in report.rows} == {"dense": None, "magnitude": "gradual"}
+    assert {d["pruner"]: d["protocol"] for d in summary_as_dict(report)} == {"dense": None, "magnitude": "gradual"}
+    console = Console(record=True, width=200)
+    render_table(report, console=console)
+    text = console.export_text()
+    assert "protocol" in text and "gradual" in text
     one_shot = load_scenario(write_scenario(GRADUAL.replace("protocol: gradual", "protocol: one_shot"), "one.yaml"))
     run_scenario(one_shot)
     with sqlite3.connect(one_shot.spec.output.db) as conn:

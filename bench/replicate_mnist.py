@@ -2,7 +2,7 @@
 
     python bench/replicate_mnist.py [--mnist ../shared/data/mnist]
                                     [--protocols one_shot,multi_stage,gradual]
-                                    [--repeats 5] [--workers 2] [--quick]
+                                    [--repeats 5] [--workers 2] [--quick | --full-grid]
 
 Data: the official MNIST test split (10,000 images; the training split is not on these machines),
 checked against torchvision's md5 sums, split FIXED as the first 8,000 images for training and
@@ -17,7 +17,8 @@ Adam and an L2 penalty of 1e-3 (without it, magnitude pruning of this model coll
 the published numbers: a dense model trained without weight decay is not magnitude-friendly).
 The multi_stage and gradual protocols cost several times a one-shot prune, so they run on the
 noise-free and the STD 2 / PROP 0.25 settings only (gradual with `--gradual-repeats` replicates).
-`--quick`: that reduced noise grid for every protocol.
+`--quick`: that reduced noise grid for every protocol; `--full-grid`: the whole noise grid and
+`--repeats` replicates for every protocol (hours on 2 cores).
 
 Every cell goes through the ordinary runner into results/bench/replicate_mnist.sqlite, so an
 interrupted benchmark resumes where it stopped. At the end it writes docs/results.md: one table per
@@ -80,7 +81,6 @@ def pruner_entries(protocol: str) -> str:
 
 
 def scenario_text(npz: Path, protocol: str, repeats: int, quick: bool) -> str:
-    quick = quick or protocol in ("multi_stage", "gradual")
     noisy = ("{name: gaussian, std: 2, prop: 0.25}" if quick
              else "{name: gaussian, std: [1, 2, 4], prop: [0.1, 0.25]}")
     return f"""
@@ -134,8 +134,11 @@ def main() -> None:
     ap.add_argument("--gradual-repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--full-grid", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs/results.md"))
     args = ap.parse_args()
+    if args.quick and args.full_grid:
+        ap.error("--quick and --full-grid exclude each other")
 
     from swap_hw.config import parse_scenario_text
     from swap_hw.executors import make_executor
@@ -159,8 +162,10 @@ def main() -> None:
            "the CBS / CHITA++ way of pruning one-shot) and the gradual protocol (5 stages, one epoch of "
            "masked fine-tuning after each) call every pruner at its defaults once per stage.", ""]
     for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
-        repeats = args.gradual_repeats if protocol == "gradual" else args.repeats
-        scenario = parse_scenario_text(scenario_text(npz, protocol, repeats, args.quick),
+        staged = protocol in ("multi_stage", "gradual")
+        repeats = args.gradual_repeats if protocol == "gradual" and not args.full_grid else args.repeats
+        quick = args.quick or (staged and not args.full_grid)
+        scenario = parse_scenario_text(scenario_text(npz, protocol, repeats, quick),
                                        f"replicate_mnist_{protocol}.yaml")
         start = time.perf_counter()
         with make_executor("local", workers=args.workers) as executor:

@@ -6,7 +6,7 @@ sweep, for the few models anyone exports. Recomputation is exact because every d
 from the run's root seed (runner.Seeds): the scenario is rebuilt from the resolved configuration
 saved in the runs table, `prepare()` loads (or deterministically retrains) the same dense model,
 and the cell is computed again by the runner's own `execute_unit` — so whatever the runner does
-(one-shot, iterative, gradual protocol) export does too — with the deployment conditions replaced
+(one-shot, multi-stage, gradual, iterative) export does too — with the deployment conditions replaced
 by one that only keeps the model it is handed, and the pruner's `prune`/`prune_iterative` calls
 recorded to keep the masks. The runner records a content digest of every pruned weight set (prune
 log `weights_sha`); the recomputed weights must match it bit for bit, or export refuses (e.g. after
@@ -41,6 +41,7 @@ from .config import Scenario, parse_scenario_text
 from .deploy.base import Condition
 from .digest import tensors_digest
 from .errors import SwapHwError
+from .pruners.base import PruneResult
 from .store import Store
 
 
@@ -132,7 +133,13 @@ def recompute_cell(scenario: Scenario, source: int, pruner: int, sparsity: float
     records = list(execute_unit(prep, WorkUnit(int(replicate), int(source), (cell,)), {"export"}))
     if len(records) != 1 or keep.model is None or not results:
         raise SwapHwError("the runner did not produce the cell's pruned model")  # a bug, not user input
-    return keep.model, results[-1], records[0].prune_log or {}, prep
+    # The staged protocols (multi_stage, gradual) call the pruner once per stage and keep only what
+    # every stage kept; the final weights are the model's (fine-tuned, for gradual), not the last call's.
+    masks = {name: torch.stack([r.masks[name].to(torch.bool) for r in results]).all(0) for name in results[-1].masks}
+    params = dict(keep.model.named_parameters())
+    weights = {name: params[name].detach().clone() for name in masks}
+    final = PruneResult(masks=masks, weights=weights, log=results[-1].log, buffers=results[-1].buffers)
+    return keep.model, final, records[0].prune_log or {}, prep
 
 
 @dataclass

@@ -276,3 +276,32 @@ def test_protocol_settings_are_validated(write_scenario, body, field):
     with pytest.raises(ConfigError) as info:
         load_scenario(write_scenario("pruners: [magnitude]\nsparsities: [0.5]\n" + body + "\n"))
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("protocol", ["multi_stage", "gradual"])
+def test_export_recomputes_a_staged_cell(write_scenario, tmp_path, protocol):
+    """export rebuilds the staged run's model: the final (fine-tuned) weights, the masks every stage
+    kept, and the accuracy the run stored."""
+    from swap_hw.deploy.base import accuracy_and_loss
+    from swap_hw.export import export_pruned
+    from swap_hw.models import build_model
+    from swap_hw.store import Store
+
+    text = GRADUAL.replace("pruners: [magnitude]", "pruners: [lr]").replace("protocol: gradual", f"protocol: {protocol}")
+    scenario = load_scenario(write_scenario(text + "multi_stage: {stages: 3}\n", f"{protocol}.yaml"))
+    summary = run_scenario(scenario)
+    out = export_pruned(summary.db, summary.run_id, "lr", "0.8", 0, tmp_path / "lr.pt")
+    assert out.meta["verified"]
+    with Store(summary.db) as store:
+        [log] = [c["prune_log_json"] for c in store.cell_logs(summary.run_id) if c["pruner"] == "lr"]
+        [stored] = [r["value"] for r in store.records(summary.run_id) if r["pruner"] == "lr" and r["metric"] == "accuracy"]
+    assert log["protocol"] == protocol
+    assert sum(int(m.sum()) for m in out.masks.values()) == log["kept"]
+    fresh = build_model(out.meta["arch"], out.meta["input_shape"], out.meta["n_classes"], seed=3, **out.meta["options"])
+    fresh.load_state_dict(out.state_dict)
+    fresh.eval()
+    params = dict(fresh.named_parameters())
+    assert all(torch.all(params[n][~m] == 0) for n, m in out.masks.items())
+    from swap_hw.runner import prepare
+
+    assert accuracy_and_loss(fresh, *prepare(scenario).splits.test)[0] == stored

@@ -2,7 +2,8 @@
 
     python bench/replicate_mnist.py [--mnist ../shared/data/mnist]
                                     [--protocols one_shot,multi_stage,gradual]
-                                    [--repeats 5] [--workers 2] [--quick | --full-grid]
+                                    [--repeats 5] [--workers 2] [--full-grid one_shot,gradual]
+                                    [--quick]
 
 Data: the official MNIST test split (10,000 images; the training split is not on these machines),
 checked against torchvision's md5 sums, split FIXED as the first 8,000 images for training and
@@ -15,10 +16,11 @@ multi_stage: 10 stages on the cubic schedule, gradients re-collected at the prun
 each, no training; gradual: 5 stages with one epoch of masked fine-tuning after each). The dense model is trained with
 Adam and an L2 penalty of 1e-3 (without it, magnitude pruning of this model collapses far below
 the published numbers: a dense model trained without weight decay is not magnitude-friendly).
-The multi_stage and gradual protocols cost several times a one-shot prune, so they run on the
-noise-free and the STD 2 / PROP 0.25 settings only (gradual with `--gradual-repeats` replicates).
-`--quick`: that reduced noise grid for every protocol; `--full-grid`: the whole noise grid and
-`--repeats` replicates for every protocol (hours on 2 cores).
+The staged protocols cost several times a one-shot prune (multi_stage 10–15× at its defaults; WoodFisher's
+Woodbury solve runs at every stage), so only the protocols listed in `--full-grid` (default
+`one_shot,gradual`) run the whole noise grid; the others run the noise-free and the STD 2 /
+PROP 0.25 settings. `--quick`: that reduced noise grid for every protocol. Every protocol runs
+`--repeats` replicates (`--gradual-repeats` overrides it for gradual).
 
 Every cell goes through the ordinary runner into results/bench/replicate_mnist.sqlite, so an
 interrupted benchmark resumes where it stopped. At the end it writes docs/results.md: one table per
@@ -131,14 +133,18 @@ def main() -> None:
     ap.add_argument("--mnist", default=str(ROOT.parent / "shared/data/mnist"))
     ap.add_argument("--protocols", default="one_shot,multi_stage,gradual")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--gradual-repeats", type=int, default=3)
+    ap.add_argument("--gradual-repeats", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--full-grid", action="store_true")
+    ap.add_argument("--full-grid", default="one_shot,gradual",
+                    help="comma list of the protocols that run the whole noise grid")
     ap.add_argument("--out", default=str(ROOT / "docs/results.md"))
     args = ap.parse_args()
-    if args.quick and args.full_grid:
-        ap.error("--quick and --full-grid exclude each other")
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    full_grid = {p.strip() for p in args.full_grid.split(",") if p.strip()}
+    for p in protocols + sorted(full_grid):
+        if p not in ("one_shot", "multi_stage", "gradual"):
+            ap.error(f"unknown protocol {p!r}; allowed: one_shot, multi_stage, gradual")
 
     from swap_hw.config import parse_scenario_text
     from swap_hw.executors import make_executor
@@ -161,10 +167,9 @@ def main() -> None:
            "the cubic schedule, gradients re-collected at the pruned weights before each, no training: "
            "the CBS / CHITA++ way of pruning one-shot) and the gradual protocol (5 stages, one epoch of "
            "masked fine-tuning after each) call every pruner at its defaults once per stage.", ""]
-    for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
-        staged = protocol in ("multi_stage", "gradual")
-        repeats = args.gradual_repeats if protocol == "gradual" and not args.full_grid else args.repeats
-        quick = args.quick or (staged and not args.full_grid)
+    for protocol in protocols:
+        repeats = args.gradual_repeats if protocol == "gradual" and args.gradual_repeats else args.repeats
+        quick = args.quick or protocol not in full_grid
         scenario = parse_scenario_text(scenario_text(npz, protocol, repeats, quick),
                                        f"replicate_mnist_{protocol}.yaml")
         start = time.perf_counter()

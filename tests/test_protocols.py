@@ -305,3 +305,17 @@ def test_export_recomputes_a_staged_cell(write_scenario, tmp_path, protocol):
     from swap_hw.runner import prepare
 
     assert accuracy_and_loss(fresh, *prepare(scenario).splits.test)[0] == stored
+
+
+def test_cell_keys_follow_the_settings_of_the_protocol_in_use(write_scenario):
+    """multi_stage.stages changes a multi_stage cell (a different result), not a one_shot one."""
+    from swap_hw.runner import plan_cells
+
+    def keys(text):
+        return {c.key for c in plan_cells(load_scenario(write_scenario(text, "k.yaml")))}
+
+    base = "pruners: [lr]\nsparsities: [0.5]\nrepeats: 1\n"
+    multi3 = keys(base + "protocol: multi_stage\nmulti_stage: {stages: 3}\n")
+    assert multi3 != keys(base + "protocol: multi_stage\nmulti_stage: {stages: 4}\n")
+    assert multi3.isdisjoint(keys(base + "protocol: gradual\nfinetune: {stages: 3, epochs: 0}\n"))
+    assert keys(base + "multi_stage: {stages: 3}\n") == keys(base + "multi_stage: {stages: 4}\n") == keys(base)

@@ -85,10 +85,12 @@ def main() -> None:
     print(f"{args.pruner} {options or ''}, {args.protocol}, {source_name} gradients {source_params or ''}")
     print(f"{'n':>5} {'lambda':>8} {'abs.':>8} {'eps':>6} {'stages':>6} {'s':>5} {'acc %':>7} {'objective':>10} {'supp.chg':>8} {'sec':>6}")
     source = GRADIENT_SOURCES.get(source_name)(**source_params)
-    grads = {}
+    batches, grads = {}, {}
     for n, lam, eps, stages, s in itertools.product([int(x) for x in floats(args.n)], floats(args.lambdas), epsilons,
                                                     [int(x) for x in floats(args.stages)], floats(args.sparsities)):
-        batch = prep.splits.calibration(n, prep.seeds.calibration(0))
+        if n not in batches:
+            batches[n] = prep.splits.calibration(n, prep.seeds.calibration(0))
+        batch = batches[n]
         params = {**options, "lambda": lam, "lambda_units": args.units, **({"epsilon": eps} if eps is not None else {})}
         start = time.perf_counter()
         if args.protocol == "one_shot":

@@ -142,9 +142,11 @@ def main() -> None:
     args = ap.parse_args()
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     full_grid = {p.strip() for p in args.full_grid.split(",") if p.strip()}
+    from swap_hw.protocols import PROTOCOLS
+
     for p in protocols + sorted(full_grid):
-        if p not in ("one_shot", "multi_stage", "gradual"):
-            ap.error(f"unknown protocol {p!r}; allowed: one_shot, multi_stage, gradual")
+        if p not in PROTOCOLS:
+            ap.error(f"unknown protocol {p!r}; allowed: {', '.join(PROTOCOLS)}")
 
     from swap_hw.config import parse_scenario_text
     from swap_hw.executors import make_executor

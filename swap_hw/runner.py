@@ -266,22 +266,25 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
         grad_seconds = time.perf_counter() - t0
     weights = prep.layout.weights_of(prep.dense)
 
+    spec = scenario.spec
+    staged = spec.protocol in ("multi_stage", "gradual")
+    if spec.protocol == "gradual":
+        stages, staged_kw = spec.finetune.stages, {"finetune": spec.finetune,
+                                                   "train_split": (prep.splits.x_train, prep.splits.y_train)}
+    else:
+        stages, staged_kw = spec.multi_stage.stages, {}
+
     by_prune: dict[tuple[int, Any], list[CellSpec]] = {}
     for cell in cells:
         by_prune.setdefault((cell.pruner, cell.sparsity), []).append(cell)
     for (pi, sparsity), group in by_prune.items():
         pruner: Pruner = scenario.pruners[pi]
         t0 = time.perf_counter()
-        protocol = scenario.spec.protocol
-        if protocol in ("multi_stage", "gradual") and not hasattr(pruner, "prune_iterative"):
+        if staged and not hasattr(pruner, "prune_iterative"):
             target = _resolve_sparsity(sparsity, weights)
-            gradual = protocol == "gradual"
-            stages = scenario.spec.finetune.stages if gradual else scenario.spec.multi_stage.stages
             pruned, result = prune_staged(
                 pruner, prep.dense, source, batch, target, stages, seeds.source(unit.replicate), prep.layout,
-                finetune=scenario.spec.finetune if gradual else None,
-                train_split=(prep.splits.x_train, prep.splits.y_train) if gradual else None,
-                memory_budget_mb=scenario.spec.calibration.memory_budget_mb, first_grads=grads)
+                memory_budget_mb=spec.calibration.memory_budget_mb, first_grads=grads, **staged_kw)
         else:
             result, target = run_pruner(prep, pruner, sparsity, weights, grads, unit.replicate)
             pruned = apply_weights(prep.dense, result.weights)

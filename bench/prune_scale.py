@@ -14,13 +14,14 @@ with random labels, the clean per-sample gradients are collected (dense X when n
 
 mobilenetv1_32 has MobileNetV1's d (what memory depends on) at ~1/50 of the compute per
 product, for machines where n = 1000 passes at 224×224 take hours. Printed per run: gradient
-collection seconds, one Xv and one Xᵀu (seconds), prune seconds, peak RSS (GiB), then the
-SWAP/LR prune-time ratio per case. Targets (issue 4): SWAP ≤ 1.5× LR at ResNet20, ≤ 3× at MLPNet;
+collection seconds (including the write to disk with `--over-budget disk`), one Xv and one Xᵀu
+(seconds), prune seconds, peak RSS (GiB), then the SWAP/LR prune-time ratio per case. Targets (issue 4): SWAP ≤ 1.5× LR at ResNet20, ≤ 3× at MLPNet;
 MobileNetV1 with n = 1000 within 8 GiB peak RSS (matrix-free).
 
     python bench/prune_scale.py                              # every case × lr, swap, woodfisher
     python bench/prune_scale.py --case resnet20 --pruner lr --pruner swap
     python bench/prune_scale.py --case mobilenetv1_32 --option lr.iht_steps=5
+    python bench/prune_scale.py --case mobilenetv1 --pruner lr --pruner swap --over-budget disk
 
 Pruners that are not registered are reported as missing. One thread by default (a 2-thread run
 on a shared, oversubscribed machine was measured 10–30× slower than 1 thread).
@@ -94,9 +95,10 @@ def run_child(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     grads = GRADIENT_SOURCES.get("clean")().collect(model, (x, y), seed=0, layout=layout,
-                                                    memory_budget_mb=args.memory_budget_mb)
+                                                    memory_budget_mb=args.memory_budget_mb,
+                                                    over_budget=args.over_budget, spill_dir=args.spill_dir)
     out["gradient_seconds"] = time.perf_counter() - t0
-    out["mode"] = "matrix_free" if getattr(grads, "matrix_free", False) else "dense"
+    out["mode"] = grads.provenance.get("gradient_mode", "dense")
     if args.products:
         v = torch.randn(layout.d, generator=gen)
         t0 = time.perf_counter()
@@ -126,7 +128,9 @@ def run_child(args: argparse.Namespace) -> dict:
 def launch(case: str, pruner: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--case", case, "--pruner", pruner,
            "--n", str(args.n), "--sparsity", str(args.sparsity), "--threads", str(args.threads),
-           "--memory-budget-mb", str(args.memory_budget_mb)]
+           "--memory-budget-mb", str(args.memory_budget_mb), "--over-budget", args.over_budget]
+    if args.spill_dir:
+        cmd += ["--spill-dir", args.spill_dir]
     cmd += [a for item in args.option for a in ("--option", item)]
     if not args.products:
         cmd.append("--no-products")
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
                         help="dense X above this many MiB is matrix-free (default 2048, the scenario default)")
+    parser.add_argument("--over-budget", choices=["recompute", "disk"], default="recompute",
+                        help="X over the budget: recompute per product (matrix-free) or write it once to disk")
+    parser.add_argument("--spill-dir", help="folder for --over-budget disk (default: the system temp folder)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-products", dest="products", action="store_false",
                         help="skip timing one Xv and one Xᵀu before pruning")
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
     print(f"n = {args.n}, sparsity = {args.sparsity}, threads = {args.threads}, "
-          f"memory budget = {args.memory_budget_mb:g} MiB, {os.cpu_count()} CPUs")
+          f"memory budget = {args.memory_budget_mb:g} MiB (over it: {args.over_budget}), {os.cpu_count()} CPUs")
     print_table(rows)
     return 0
 

@@ -103,9 +103,30 @@ class ModelConfig(Strict):
 class CalibrationConfig(Strict):
     n: int = Field(1000, gt=0, description="calibration examples whose per-sample gradients pruners see")
     memory_budget_mb: float = Field(
-        2048.0, gt=0, description="largest dense gradient matrix X (n·d·4 bytes, in MiB); beyond it X is "
-        "matrix-free (Xv by forward mode, Xᵀu by a backward pass)"
+        2048.0, gt=0, description="largest gradient matrix X (n·d·4 bytes, in MiB) held in memory; beyond "
+        "it, over_budget decides"
     )
+    over_budget: Literal["recompute", "disk"] = Field(
+        "recompute", description="X over the budget: recompute = matrix-free (Xv by forward mode, Xᵀu by a "
+        "backward pass, per product); disk = written once to spill_dir and read back per product (much "
+        "faster for large models whose forward pass is slow, needs n·d·4 bytes of free disk)"
+    )
+    spill_dir: str | None = Field(
+        None, description="folder for over_budget: disk (default: the system temp folder); the file is "
+        "unlinked at once, so it never outlives the run"
+    )
+
+    @field_validator("spill_dir")
+    @classmethod
+    def _spill_dir_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_dir():
+            raise ValueError(f"spill_dir is not a directory: {v}")
+        return v
+
+    def storage(self) -> dict[str, Any]:
+        """Keyword arguments of GradientSource.collect saying how X is held."""
+        return {"memory_budget_mb": self.memory_budget_mb, "over_budget": self.over_budget,
+                "spill_dir": self.spill_dir}
 
 
 class FinetuneConfig(Strict):

@@ -100,6 +100,8 @@ def prune_staged(
     finetune: FinetuneSettings | None = None,
     train_split: tuple[torch.Tensor, torch.Tensor] | None = None,
     memory_budget_mb: float | None = None,
+    over_budget: str = "recompute",
+    spill_dir: str | None = None,
     first_grads: GradientSet | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, PruneResult]:
@@ -117,6 +119,7 @@ def prune_staged(
     stages:      T ≥ 1, the number of stages on the cubic schedule.
     finetune:    the fine-tuning settings (epochs, lr, batch_size, weight_decay) or None.
     train_split: the (x, y) examples fine-tuning trains on (never the test split).
+    memory_budget_mb, over_budget, spill_dir: how each stage holds X (GradientSource.collect).
     first_grads: gradients already collected at the dense weights with `seed` (reused at stage 1).
     on_stage:    called with each stage's log entry as soon as the stage is done.
 
@@ -157,7 +160,8 @@ def prune_staged(
             else:
                 stage_seed = seed if t == 1 else derive_seed(seed, "gradual-source", t)
                 work.eval()
-                grads = source.collect(work, calib_batch, stage_seed, layout, memory_budget_mb=memory_budget_mb)
+                grads = source.collect(work, calib_batch, stage_seed, layout, memory_budget_mb=memory_budget_mb,
+                                       over_budget=over_budget, spill_dir=spill_dir)
             grads = mask_gradient_columns(grads, keep)
             entry["gradient_seconds"] = time.perf_counter() - t0
 

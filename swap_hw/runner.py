@@ -117,7 +117,9 @@ def common_description(scenario: Scenario) -> dict[str, Any]:
         "root_seed": spec.seed,
         "data": spec.data.model_dump(mode="json"),
         "model": model,
-        "calibration": spec.calibration.model_dump(mode="json"),
+        # where X over the budget is kept changes speed, not values (each mode is tested equal to
+        # the dense one), so it stays out of the keys: a run resumes after switching it
+        "calibration": spec.calibration.model_dump(mode="json", exclude={"over_budget", "spill_dir"}),
         "protocol": spec.protocol,
         **({"finetune": spec.finetune.model_dump(mode="json")} if spec.protocol == "gradual" else {}),
         **({"multi_stage": spec.multi_stage.model_dump(mode="json")} if spec.protocol == "multi_stage" else {}),
@@ -262,7 +264,7 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
         t0 = time.perf_counter()
         batch = prep.splits.calibration(scenario.spec.calibration.n, seeds.calibration(unit.replicate))
         grads = source.collect(prep.dense, batch, seeds.source(unit.replicate), prep.layout,
-                               memory_budget_mb=scenario.spec.calibration.memory_budget_mb)
+                               **scenario.spec.calibration.storage())
         grad_seconds = time.perf_counter() - t0
     weights = prep.layout.weights_of(prep.dense)
 
@@ -284,7 +286,7 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
             target = _resolve_sparsity(sparsity, weights)
             pruned, result = prune_staged(
                 pruner, prep.dense, source, batch, target, stages, seeds.source(unit.replicate), prep.layout,
-                memory_budget_mb=spec.calibration.memory_budget_mb, first_grads=grads, **staged_kw)
+                first_grads=grads, **spec.calibration.storage(), **staged_kw)
         else:
             result, target = run_pruner(prep, pruner, sparsity, weights, grads, unit.replicate)
             pruned = apply_weights(prep.dense, result.weights)

@@ -42,6 +42,8 @@ def test_defaults_fill_in_and_resolved_config_lists_members():
         (GOOD + "data: {name: imagenet}\n", "data.name", "allowed:"),
         (GOOD + "model: {arch: transformer}\n", "model.arch", "unknown architecture"),
         (GOOD + "calibration: {n: 0}\n", "calibration.n", "greater than 0"),
+        (GOOD + "calibration: {over_budget: swap}\n", "calibration.over_budget", "'recompute' or 'disk'"),
+        (GOOD + "calibration: {spill_dir: /no/such/folder}\n", "calibration.spill_dir", "not a directory"),
         ("sparsities: [0.5]\n", "pruners", "required"),
         (GOOD + "repeats: 0\n", "repeats", "greater than or equal to 1"),
         (GOOD + "pruners: [magnitude, magnitude]\n", "pruners", "listed twice"),

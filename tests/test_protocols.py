@@ -138,9 +138,11 @@ def test_first_stage_reuses_given_gradients(digits_model):
     assert all(torch.equal(a.weights[n], b.weights[n]) for n in a.weights)  # same seed → same run
 
 
-def test_matrix_free_gradients_give_the_same_gradual_run(digits_model):
+@pytest.mark.parametrize("over_budget", ["recompute", "disk"])
+def test_gradients_over_the_budget_give_the_same_gradual_run(digits_model, over_budget, tmp_path):
     _, dense = run(GradientStep(), digits_model, sparsity=0.8, source="gaussian")
-    _, free = run(GradientStep(), digits_model, sparsity=0.8, source="gaussian", memory_budget_mb=1e-6)
+    _, free = run(GradientStep(), digits_model, sparsity=0.8, source="gaussian", memory_budget_mb=1e-6,
+                  over_budget=over_budget, spill_dir=str(tmp_path))
     assert all(torch.equal(dense.masks[n], free.masks[n]) for n in dense.masks)
     assert all(torch.allclose(dense.weights[n], free.weights[n], atol=1e-4) for n in dense.weights)
 
@@ -159,9 +161,9 @@ class RecordingSource:
     def __init__(self):
         self.inner, self.seen = GRADIENT_SOURCES.get("clean")(), []
 
-    def collect(self, model, batch, seed, layout=None, memory_budget_mb=None):
+    def collect(self, model, batch, seed, layout=None, **storage):
         self.seen.append({k: v.detach().clone() for k, v in model.named_parameters()})
-        return self.inner.collect(model, batch, seed, layout, memory_budget_mb=memory_budget_mb)
+        return self.inner.collect(model, batch, seed, layout, **storage)
 
 
 def test_multi_stage_recollects_gradients_at_the_pruned_weights_and_never_trains(digits_model):

@@ -92,6 +92,9 @@ class GradientSet:
 
 GRADIENT_SOURCES: Registry["GradientSource"] = Registry("gradient source")
 
+# How X beyond calibration.memory_budget_mb is held: recomputed per product, or spilled to disk.
+OVER_BUDGET = ("recompute", "disk")
+
 
 def per_sample_gradients(
     model: nn.Module,
@@ -258,12 +261,24 @@ class GradientSource(Component):
         seed: int,
         layout: Layout | None = None,
         memory_budget_mb: float | None = None,
+        over_budget: str = "recompute",
+        spill_dir: str | None = None,
     ) -> GradientSet:
-        """Per-sample gradients of `batch`; dense X if n·d·4 bytes fits `memory_budget_mb` (MiB,
-        default 2048; None = the default), else a MatrixFreeGradientSet computing Xv and Xᵀu."""
+        """Per-sample gradients of `batch`.
+
+        memory_budget_mb: X (n·d·4 bytes) is held dense in memory when it fits this many MiB
+                          (None = the default, 2048).
+        over_budget:      what happens beyond the budget: "recompute" gives a
+                          MatrixFreeGradientSet whose products recompute the gradients (Xv by
+                          forward mode, Xᵀu by a backward pass); "disk" writes X once to an
+                          unlinked file in `spill_dir` (None = the system temp folder) and streams
+                          it per product (on_disk.py). Both give the dense path's numbers.
+        """
         from .matrix_free import (DEFAULT_MEMORY_BUDGET_MB, MatrixFreeGradientSet,
                                   PerSampleGradientOperator, fits_budget)
 
+        if over_budget not in OVER_BUDGET:
+            raise ValueError(f"over_budget must be one of {', '.join(OVER_BUDGET)}, got {over_budget!r}")
         layout = layout or Layout.from_model(model)
         budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
         x, y = batch
@@ -272,8 +287,14 @@ class GradientSource(Component):
         grad_model = self.gradient_model(model, seed, provenance)
         w_bar = layout.flatten(dict(model.named_parameters()))
         if not fits_budget(int(x.shape[0]), layout.d, budget):
-            provenance.update(gradient_mode="matrix_free", memory_budget_mb=budget)
             operator = self.perturb_operator(PerSampleGradientOperator(grad_model, x, y, layout), seed, provenance)
+            if over_budget == "disk":
+                from .on_disk import spill
+
+                provenance.update(gradient_mode="disk", memory_budget_mb=budget)
+                operator = spill(operator, spill_dir)
+            else:
+                provenance.update(gradient_mode="matrix_free", memory_budget_mb=budget)
             return MatrixFreeGradientSet(operator, w_bar, layout, provenance)
         X = per_sample_gradients(grad_model, x, y, layout)
         X = self.perturb(X, seed, provenance)

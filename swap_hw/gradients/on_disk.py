@@ -1,0 +1,144 @@
+"""X written to disk once and streamed per product: the third way to hold per-sample gradients.
+
+specs/swap.md §4 allows two forms of X beyond the memory budget: matrix-free (matrix_free.py,
+every product recomputes the per-sample gradients by a forward- or reverse-mode pass) or "row
+chunks on disk". Which is faster depends on the model. A product from disk costs one sequential
+read of n·d·4 bytes plus a block matrix-vector product; a matrix-free product costs about 2–3
+forward passes over the n calibration examples. For MobileNetV1 at 224×224 (d ≈ 4.2·10⁶, n = 1000,
+16 GiB of X) one matrix-free Xv measured 106 s on this project's CPU, while reading 16 GiB runs
+at 0.9 GB/s from this machine's disk and several GB/s from the page cache. A solver needs about a
+hundred products, so `calibration.over_budget: disk` turns hours into minutes there; for small
+convolutional models on fast inputs recomputing can still win, so it stays the default.
+
+The file is created in `calibration.spill_dir` (the system temp folder by default) and unlinked at
+once: the data lives while the operator holds the open file and the operating system frees it when
+the operator is dropped or the process dies, even by SIGKILL, so an interrupted sweep leaves no
+16 GiB files behind. Rows are written in the dense layout (row-major float32), so `rows`,
+products and everything streamed from them see the same numbers the source produced — noise
+included, since the rows are taken from the (possibly noisy) operator once.
+
+Resident memory stays at one block of rows (`block_mb`, 256 MiB by default) plus the vectors;
+reads go through `os.preadv` into that block, not `mmap`, so the page cache the reads warm is not
+counted against the process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+import torch
+
+from ..errors import SwapHwError
+from .matrix_free import GradientOperator, dense_bytes, iter_row_blocks
+
+# Room left on the file system beyond X itself, so spilling never fills a disk to the last byte.
+_FREE_SPACE_MARGIN = 512 * 2**20
+
+
+class SpillError(SwapHwError):
+    """X cannot be written to the spill directory (missing, not writable, or too little space)."""
+
+
+class OnDiskRows(GradientOperator):
+    """An n×d float32 matrix held in an unlinked file, read block by block for every product.
+
+        (X v)_i = Σ_j X_ij v_j      one pass over the file, a (rows × d)·v product per block
+        Xᵀ u    = Σ_i u_i X_i       the same pass, blocks' transposed products summed
+
+    Built by `spill(operator, directory)`, which streams `operator.rows` once.
+    """
+
+    def __init__(self, handle, n: int, d: int, block_mb: float = 256.0):
+        self._file = handle  # the open, already unlinked file; closing it frees the disk space
+        self.n, self.d = int(n), int(d)
+        self._block_rows = int(max(1, min(self.n or 1, (block_mb * 2**20) // max(1, 4 * self.d))))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def row_chunk(self) -> int:
+        return self._block_rows
+
+    def _blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        return iter_row_blocks(self, self._block_rows)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        start, stop = max(0, int(start)), min(int(stop), self.n)
+        block = torch.empty((max(0, stop - start), self.d), dtype=torch.float32)
+        view = memoryview(block.numpy()).cast("B")
+        offset, done = start * self.d * 4, 0
+        while done < len(view):  # preadv may return fewer bytes than asked
+            got = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+            if got <= 0:
+                raise SpillError(f"gradient file ended {len(view) - done} bytes early (rows {start}..{stop})")
+            done += got
+        return block
+
+    def _matvec1(self, v: torch.Tensor) -> torch.Tensor:
+        v = v.reshape(-1).to(torch.float32)
+        out = torch.empty(self.n, dtype=torch.float32)
+        for start, stop, block in self._blocks():
+            out[start:stop] = block @ v
+        return out
+
+    def _rmatvec1(self, u: torch.Tensor) -> torch.Tensor:
+        u = u.reshape(-1).to(torch.float32)
+        total = torch.zeros(self.d, dtype=torch.float32)
+        for start, stop, block in self._blocks():
+            total.addmv_(block.T, u[start:stop])
+        return total
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        if v.dim() == 2:  # one pass over the file for all m columns
+            v = v.to(torch.float32)
+            out = torch.empty((self.n, v.shape[1]), dtype=torch.float32)
+            for start, stop, block in self._blocks():
+                out[start:stop] = block @ v
+            return out
+        return self._matvec1(v)
+
+    def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
+        if u.dim() == 2:
+            u = u.to(torch.float32)
+            total = torch.zeros((self.d, u.shape[1]), dtype=torch.float32)
+            for start, stop, block in self._blocks():
+                total.addmm_(block.T, u[start:stop])
+            return total
+        return self._rmatvec1(u)
+
+
+def spill(operator: GradientOperator, directory: str | os.PathLike | None = None,
+          block_mb: float = 256.0) -> OnDiskRows:
+    """Write every row of `operator` to a new unlinked file in `directory` and return it as an
+    `OnDiskRows` operator. `directory` None means the system temp folder. Raises SpillError naming
+    `calibration.spill_dir` if the folder is missing, not writable, or has less free space than X
+    (n·d·4 bytes) plus a 512 MiB margin."""
+    where = str(directory) if directory is not None else tempfile.gettempdir()
+    if not os.path.isdir(where):
+        raise SpillError(f"calibration.spill_dir: {where!r} is not a directory")
+    needed = dense_bytes(operator.n, operator.d)
+    free = shutil.disk_usage(where).free
+    if free < needed + _FREE_SPACE_MARGIN:
+        raise SpillError(
+            f"calibration.spill_dir: {where!r} has {free / 2**30:.1f} GiB free; X needs "
+            f"{needed / 2**30:.1f} GiB ({operator.n}×{operator.d} float32) plus 0.5 GiB of margin — "
+            "choose a larger spill_dir, lower calibration.n, or use calibration.over_budget: recompute"
+        )
+    try:
+        handle = tempfile.TemporaryFile(dir=where, prefix="swap_hw-X-")  # unlinked on creation (POSIX)
+    except OSError as exc:
+        raise SpillError(f"calibration.spill_dir: cannot create a file in {where!r}: {exc.strerror}") from None
+    try:
+        for _, _, block in iter_row_blocks(operator, max(1, min(operator.row_chunk(), 256))):
+            handle.write(memoryview(block.contiguous().numpy()).cast("B"))
+        handle.flush()
+    except OSError as exc:  # e.g. the disk filled up under another writer
+        handle.close()
+        raise SpillError(f"calibration.spill_dir: writing X to {where!r} failed: {exc.strerror}") from None
+    except BaseException:
+        handle.close()
+        raise
+    return OnDiskRows(handle, operator.n, operator.d, block_mb=block_mb)

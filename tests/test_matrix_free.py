@@ -110,7 +110,7 @@ def test_gaussian_noise_is_identical_in_both_modes(arch, batch):
     assert close(free.xv(v), dense.X @ v) and close(free.xtu(u), dense.X.T @ u)
     # the scale of a relative ridge, mean(X²), streamed from rows in the matrix-free mode
     assert free.mean_square() == pytest.approx(float(dense.X.double().pow(2).mean()), rel=1e-5)
-    assert dense.mean_square(chunk=7) == pytest.approx(float(dense.X.double().pow(2).mean()), rel=1e-12)
+    assert dense.mean_square(block_mb=7 * dense.d * 4 / 2**20) == pytest.approx(float(dense.X.double().pow(2).mean()), rel=1e-12)
     for key in ("noisy_fraction", "noisy_per_row"):
         assert free.provenance[key] == dense.provenance[key]
     assert free.provenance["noise_to_signal"] == pytest.approx(dense.provenance["noise_to_signal"], rel=1e-4)

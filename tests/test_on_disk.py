@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swap_hw.gradients import GRADIENT_SOURCES, GradientSet
-from swap_hw.gradients.matrix_free import MatrixFreeGradientSet, PerSampleGradientOperator
+from swap_hw.gradients.matrix_free import ColumnMask, MatrixFreeGradientSet, PerSampleGradientOperator
 from swap_hw.gradients.on_disk import OnDiskRows, SpillError, spill
 from swap_hw.layout import Layout
 from swap_hw.models import build_model
@@ -43,6 +43,10 @@ def test_spilled_products_and_rows_equal_the_dense_matrix_across_blocks(cnn_case
     assert torch.equal(on_disk.rows(3, 17), dense[3:17])
     assert close(on_disk.matvec(v), dense @ v) and close(on_disk.matvec(V), dense @ V)
     assert close(on_disk.rmatvec(u), dense.T @ u) and close(on_disk.rmatvec(U), dense.T @ U)
+    assert on_disk.cheap_columns and torch.equal(on_disk.columns(7, 90), dense[:, 7:90])
+    keep = torch.rand(layout.d, generator=gen) > 0.5
+    masked = ColumnMask(on_disk, keep)
+    assert masked.cheap_columns and torch.equal(masked.columns(7, 90), dense[:, 7:90] * keep[7:90])
 
 
 @pytest.mark.parametrize("source", ["clean", "gaussian", "label_noise"])

@@ -71,6 +71,13 @@ class GradientSet:
         """Rows start..stop−1 of X as a dense (stop−start)×d block."""
         return self.X[start:stop]
 
+    # Columns are a slice of X here, a strided read on disk; matrix-free X has no cheap columns.
+    cheap_columns = True
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        """Columns start..stop−1 of X as an n×(stop−start) block (a view for a dense X)."""
+        return self.X[:, start:stop]
+
     def iter_rows(self, chunk: int | None = None):
         """(start, stop, rows) blocks covering all n rows, in order."""
         step = int(chunk or max(1, self.n))
@@ -78,16 +85,22 @@ class GradientSet:
             stop = min(start + step, self.n)
             yield start, stop, self.rows(start, stop)
 
-    def mean_square(self, chunk: int = 256) -> float:
+    def mean_square(self, block_mb: float = 64.0) -> float:
         """mean(X²) = tr(F)/d for F = XᵀX/n: the average diagonal curvature per weight (loss²/weight²).
 
-        The scale that makes a ridge λ dimensionless (iht.py). Streams row blocks, so it is exact
-        for a matrix-free set too (one pass of per-sample gradients there).
+        The scale that makes a ridge λ dimensionless (iht.py). Streams blocks of about `block_mb`
+        MiB of rows (so a matrix-free or on-disk X of many GiB costs one pass, not a copy), summed
+        in float64.
         """
         total = 0.0
-        for _, _, rows in self.iter_rows(chunk):
+        for _, _, rows in self.iter_rows(rows_per_block(self.d, block_mb)):
             total += float(rows.double().pow(2).sum())
         return total / max(1, self.n * self.d)
+
+
+def rows_per_block(d: int, block_mb: float) -> int:
+    """How many float32 rows of length d fit in `block_mb` MiB (at least one)."""
+    return max(1, int(block_mb * 2**20) // max(1, 4 * int(d)))
 
 
 GRADIENT_SOURCES: Registry["GradientSource"] = Registry("gradient source")

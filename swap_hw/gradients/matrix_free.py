@@ -70,6 +70,13 @@ class GradientOperator:
         """A row-block size whose dense block plus the work to make it stays moderate."""
         return 64
 
+    # Whether `columns` is cheap (a read, not n products): solvers that work column block by
+    # column block (woodfisher's Gram matrix and diag(F⁻¹)) then take that path.
+    cheap_columns = False
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:  # (n, stop − start) float32
+        raise NotImplementedError
+
 
 def _columns(fn: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> torch.Tensor:
     """Apply a vector map to v (length L) or to each column of v (L×m)."""
@@ -267,6 +274,13 @@ class ColumnMask(GradientOperator):
     def row_chunk(self) -> int:
         return self.base.row_chunk()
 
+    @property
+    def cheap_columns(self) -> bool:  # type: ignore[override]
+        return self.base.cheap_columns
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        return self.base.columns(start, stop) * self._scale[start:stop]
+
 
 def mask_gradient_columns(grads: GradientSet, keep: torch.Tensor) -> GradientSet:
     """The same gradients with the columns of pruned weights (keep False) set to zero.
@@ -359,6 +373,16 @@ class MatrixFreeGradientSet(GradientSet):
 
     def iter_rows(self, chunk: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
         return iter_row_blocks(self.operator, chunk)
+
+    @property
+    def cheap_columns(self) -> bool:  # type: ignore[override]
+        return bool(self.operator.cheap_columns)
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        """Columns start..stop−1 of X as a dense n×(stop−start) block (only when `cheap_columns`)."""
+        if not self.operator.cheap_columns:
+            raise MatrixFreeError("columns of a recomputed X cost one product each; stream rows instead")
+        return self.operator.columns(max(0, start), min(stop, self.d))
 
     def __repr__(self) -> str:
         return f"MatrixFreeGradientSet(n={self.n}, d={self.d}, operator={type(self.operator).__name__})"

@@ -68,14 +68,29 @@ class OnDiskRows(GradientOperator):
     def rows(self, start: int, stop: int) -> torch.Tensor:
         start, stop = max(0, int(start)), min(int(stop), self.n)
         block = torch.empty((max(0, stop - start), self.d), dtype=torch.float32)
+        self._read(memoryview(block.numpy()).cast("B"), start * self.d * 4)
+        return block
+
+    cheap_columns = True
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        """X[:, start:stop]: one read of (stop − start)·4 bytes per row, n reads in all."""
+        start, stop = max(0, int(start)), min(int(stop), self.d)
+        block = torch.empty((self.n, max(0, stop - start)), dtype=torch.float32)
+        width = block.shape[1] * 4
         view = memoryview(block.numpy()).cast("B")
-        offset, done = start * self.d * 4, 0
-        while done < len(view):  # preadv may return fewer bytes than asked
+        for i in range(self.n):
+            self._read(view[i * width : (i + 1) * width], (i * self.d + start) * 4)
+        return block
+
+    def _read(self, view: memoryview, offset: int) -> None:
+        """Fill `view` from the file at byte `offset` (preadv may return fewer bytes than asked)."""
+        done = 0
+        while done < len(view):
             got = os.preadv(self._file.fileno(), [view[done:]], offset + done)
             if got <= 0:
-                raise SpillError(f"gradient file ended {len(view) - done} bytes early (rows {start}..{stop})")
+                raise SpillError(f"gradient file ended {len(view) - done} bytes early (byte {offset + done})")
             done += got
-        return block
 
     def _matvec1(self, v: torch.Tensor) -> torch.Tensor:
         v = v.reshape(-1).to(torch.float32)

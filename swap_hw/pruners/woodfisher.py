@@ -22,9 +22,10 @@ update always fits (O(n²) memory, O(n²d) time, like the scores); no block-diag
 approximation is used. It equals minimising (w − w̄)ᵀF(w − w̄) subject to w_P = 0, i.e. LR's
 backsolve with λ = δ on the kept support.
 
-X enters through `grads.xv` / `grads.xtu` (on blocks of columns) and, for the Gram matrices, the
-dense X when the GradientSet has one, else its row blocks, so a matrix-free GradientSet works
-(slowly: about 3n products). Linear algebra in float64, products in X's float32.
+X enters through `grads.xv` / `grads.xtu` and, for the Gram matrices, diag(F⁻¹) and the column
+norms, through blocks of its columns whenever those are cheap (a dense X, or X spilled to disk:
+one pass over the file each), else through row blocks and products (a recomputed, matrix-free X:
+works, but slowly, about 3n products). Linear algebra in float64, products in X's float32.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class WoodburyFisher:
         self.grads, self.delta, self.block = grads, float(delta), int(block)
         self.n, self.d = grads.n, grads.d
         self.dense_x = None if getattr(grads, "matrix_free", False) else grads.dense()
+        self.cheap_columns = bool(getattr(grads, "cheap_columns", False))
+        # column slabs of ≈ 32 MiB in float64 (n × width)
+        self.slab_width = max(1, (1 << 22) // max(1, self.n))
         self.gram_all = self.gram(None)
         self.chol = torch.linalg.cholesky(self.gram_all + self.n * self.delta * torch.eye(self.n, dtype=torch.float64))
 
@@ -69,12 +73,24 @@ class WoodburyFisher:
             # Cholesky factor carries every later solve
             x = (self.dense_x if columns is None else self.dense_x[:, columns]).to(torch.float64)
             return x @ x.T
+        if self.cheap_columns:  # X spilled to disk: one pass over it in column slabs
+            out = torch.zeros((self.n, self.n), dtype=torch.float64)
+            for start, stop, slab in self._slabs():
+                x = slab if columns is None else slab[:, columns[start:stop]]
+                out.addmm_(x, x.T)
+            return 0.5 * (out + out.T)
         out = torch.empty((self.n, self.n), dtype=torch.float64)
         chunk = max(1, min(self.block, self.n))
         for start, stop, rows in self.grads.iter_rows(chunk):
             r = rows if columns is None else rows * columns.to(rows.dtype)
             out[:, start:stop] = self._xv(r.T.contiguous())  # X (rows)ᵀ: columns start..stop of the Gram
         return 0.5 * (out + out.T)
+
+    def _slabs(self):
+        """(start, stop, X[:, start:stop] in float64) over all d columns, ≈ 32 MiB each."""
+        for start in range(0, self.d, self.slab_width):
+            stop = min(start + self.slab_width, self.d)
+            yield start, stop, self.grads.columns(start, stop).to(torch.float64)
 
     def _solve_c(self, u: torch.Tensor) -> torch.Tensor:
         """C⁻¹ u for u of shape (n,) or (n, m)."""
@@ -104,12 +120,11 @@ class WoodburyFisher:
         ‖L⁻¹x_q‖² = Σ_r (Xᵀ L⁻ᵀ e_r)_q², accumulated over blocks of r: each block is one product
         Xᵀ U with U = L⁻ᵀ[:, block] (n×m).
         """
-        if self.dense_x is not None:
+        if self.cheap_columns:
             norms = torch.empty(self.d, dtype=torch.float64)
-            step = max(1, (1 << 22) // max(1, self.n))  # ≈ 32 MiB of float64 per column block
-            for start in range(0, self.d, step):
-                z = self._l_inv(self.dense_x[:, start : start + step].to(torch.float64))
-                norms[start : start + step] = (z * z).sum(dim=0)
+            for start, stop, slab in self._slabs():
+                z = self._l_inv(slab)
+                norms[start:stop] = (z * z).sum(dim=0)
         else:
             l_inv_t = self._l_inv_t(torch.eye(self.n, dtype=torch.float64))
             norms = torch.zeros(self.d, dtype=torch.float64)
@@ -124,6 +139,8 @@ class WoodburyFisher:
     def column_sq_norms(self) -> torch.Tensor:
         if self.dense_x is not None:
             return (self.dense_x.to(torch.float64) ** 2).sum(dim=0)
+        if self.cheap_columns:
+            return torch.cat([(slab * slab).sum(dim=0) for _, _, slab in self._slabs()])
         out = torch.zeros(self.d, dtype=torch.float64)
         for _, _, rows in self.grads.iter_rows(max(1, min(self.block, self.n))):
             out += (rows.to(torch.float64) ** 2).sum(dim=0)

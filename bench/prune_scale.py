@@ -13,10 +13,11 @@ with random labels, the clean per-sample gradients are collected (dense X when n
     mobilenetv1_32  the same network on 3×32×32 inputs   3×32×32     4,209,088  16.8 GB
 
 mobilenetv1_32 has MobileNetV1's d (what memory depends on) at ~1/50 of the compute per
-product, for machines where n = 1000 passes at 224×224 take hours. Printed per run: gradient
-collection seconds (including the write to disk with `--over-budget disk`), one Xv and one Xᵀu
-(seconds), prune seconds, peak RSS (GiB), then the SWAP/LR prune-time ratio per case. Targets (issue 4): SWAP ≤ 1.5× LR at ResNet20, ≤ 3× at MLPNet;
-MobileNetV1 with n = 1000 within 8 GiB peak RSS (matrix-free).
+product, for machines where recomputed products at 224×224 take hours (`--over-budget disk`
+avoids that). Printed per run: gradient collection seconds (including the write to disk with
+`--over-budget disk`), one Xv and one Xᵀu (seconds), prune seconds, peak RSS (GiB), then the
+SWAP/LR prune-time ratio per case. Targets (issue 4): SWAP ≤ 1.5× LR at ResNet20, ≤ 3× at
+MLPNet; MobileNetV1 with n = 1000 within 8 GiB peak RSS (X recomputed or on disk, never in memory).
 
     python bench/prune_scale.py                              # every case × lr, swap, woodfisher
     python bench/prune_scale.py --case resnet20 --pruner lr --pruner swap

@@ -59,9 +59,6 @@ class OnDiskRows(GradientOperator):
         # its page faults each time, which measured 3–4× slower than reading from the page cache.
         self._buffer: torch.Tensor | None = None
 
-    def close(self) -> None:
-        self._file.close()
-
     def row_chunk(self) -> int:
         return self._block_rows
 
@@ -103,37 +100,21 @@ class OnDiskRows(GradientOperator):
                 raise SpillError(f"gradient file ended {len(view) - done} bytes early (byte {offset + done})")
             done += got
 
-    def _matvec1(self, v: torch.Tensor) -> torch.Tensor:
-        v = v.reshape(-1).to(torch.float32)
-        out = torch.empty(self.n, dtype=torch.float32)
-        for start, stop, block in self._blocks():
-            out[start:stop] = block @ v
-        return out
-
-    def _rmatvec1(self, u: torch.Tensor) -> torch.Tensor:
-        u = u.reshape(-1).to(torch.float32)
-        total = torch.zeros(self.d, dtype=torch.float32)
-        for start, stop, block in self._blocks():
-            total.addmv_(block.T, u[start:stop])
-        return total
-
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        if v.dim() == 2:  # one pass over the file for all m columns
-            v = v.to(torch.float32)
-            out = torch.empty((self.n, v.shape[1]), dtype=torch.float32)
-            for start, stop, block in self._blocks():
-                out[start:stop] = block @ v
-            return out
-        return self._matvec1(v)
+        """X v for v of length d, or X V for V of d×m: one pass over the file either way."""
+        v2 = v.reshape(self.d, -1).to(torch.float32)
+        out = torch.empty((self.n, v2.shape[1]), dtype=torch.float32)
+        for start, stop, block in self._blocks():
+            torch.mm(block, v2, out=out[start:stop])
+        return out.reshape(self.n) if v.dim() == 1 else out
 
     def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
-        if u.dim() == 2:
-            u = u.to(torch.float32)
-            total = torch.zeros((self.d, u.shape[1]), dtype=torch.float32)
-            for start, stop, block in self._blocks():
-                total.addmm_(block.T, u[start:stop])
-            return total
-        return self._rmatvec1(u)
+        """Xᵀ u for u of length n, or Xᵀ U for U of n×m: one pass over the file either way."""
+        u2 = u.reshape(self.n, -1).to(torch.float32)
+        total = torch.zeros((self.d, u2.shape[1]), dtype=torch.float32)
+        for start, stop, block in self._blocks():
+            total.addmm_(block.T, u2[start:stop])
+        return total.reshape(self.d) if u.dim() == 1 else total
 
 
 def spill(operator: GradientOperator, directory: str | os.PathLike | None = None,
@@ -158,7 +139,7 @@ def spill(operator: GradientOperator, directory: str | os.PathLike | None = None
     except OSError as exc:
         raise SpillError(f"calibration.spill_dir: cannot create a file in {where!r}: {exc.strerror}") from None
     try:
-        for _, _, block in iter_row_blocks(operator, max(1, min(operator.row_chunk(), 256))):
+        for _, _, block in iter_row_blocks(operator):
             handle.write(memoryview(block.contiguous().numpy()).cast("B"))
         handle.flush()
     except OSError as exc:  # e.g. the disk filled up under another writer

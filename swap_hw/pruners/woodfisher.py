@@ -140,7 +140,13 @@ class WoodburyFisher:
         if self.dense_x is not None:
             return (self.dense_x.to(torch.float64) ** 2).sum(dim=0)
         if self.cheap_columns:
-            return torch.cat([(slab * slab).sum(dim=0) for _, _, slab in self._slabs()])
+            # written into one preallocated vector: keeping a small tensor per slab grew resident
+            # memory by about one slab per slab (the allocator could not give the slabs back),
+            # 24 GiB and an OOM kill at MobileNetV1 size
+            out = torch.empty(self.d, dtype=torch.float64)
+            for start, stop, slab in self._slabs():
+                out[start:stop] = (slab * slab).sum(dim=0)
+            return out
         out = torch.zeros(self.d, dtype=torch.float64)
         for _, _, rows in self.grads.iter_rows(max(1, min(self.block, self.n))):
             out += (rows.to(torch.float64) ** 2).sum(dim=0)

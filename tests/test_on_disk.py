@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from swap_hw.gradients import GRADIENT_SOURCES, GradientSet
-from swap_hw.gradients.matrix_free import ColumnMask, MatrixFreeGradientSet, PerSampleGradientOperator
+from swap_hw.gradients.matrix_free import (ColumnMask, MatrixFreeError, MatrixFreeGradientSet,
+                                           PerSampleGradientOperator)
 from swap_hw.gradients.on_disk import OnDiskRows, SpillError, spill
 from swap_hw.layout import Layout
 from swap_hw.models import build_model
@@ -61,7 +62,12 @@ def test_collect_over_budget_to_disk_matches_dense_noise_included(cnn_case, tmp_
     v = torch.randn(layout.d, generator=torch.Generator().manual_seed(4))
     assert close(on_disk.xv(v), dense.X @ v) and close(on_disk.xtu(dense.X @ v), dense.X.T @ (dense.X @ v))
     assert on_disk.mean_square() == pytest.approx(dense.mean_square(), rel=1e-5)
+    assert on_disk.cheap_columns and close(on_disk.columns(10, 50), dense.X[:, 10:50])
     assert os.listdir(tmp_path) == []
+    recomputed = src.collect(model, batch, 3, layout, memory_budget_mb=1e-6)
+    assert not recomputed.cheap_columns
+    with pytest.raises(MatrixFreeError, match="stream rows instead"):
+        recomputed.columns(0, 5)
 
 
 @pytest.mark.parametrize("name", ["lr", "swap", "woodfisher"])

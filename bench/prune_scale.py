@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="calibration examples (default 1000)")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--memory-budget-mb", type=float, default=2048.0,
-                        help="dense X above this many MiB is matrix-free (default 2048, the scenario default)")
+                        help="X up to this many MiB is held in memory (default 2048, the scenario default); beyond it, --over-budget")
     parser.add_argument("--over-budget", choices=["recompute", "disk"], default="recompute",
                         help="X over the budget: recompute per product (matrix-free) or write it once to disk")
     parser.add_argument("--spill-dir", help="folder for --over-budget disk (default: the system temp folder)")

@@ -117,8 +117,9 @@ class WoodburyFisher:
     def inverse_diagonal(self) -> torch.Tensor:
         """[F⁻¹]_qq = (1/δ)(1 − ‖L⁻¹ x_q‖²), q = 1..d (float64).
 
-        ‖L⁻¹x_q‖² = Σ_r (Xᵀ L⁻ᵀ e_r)_q², accumulated over blocks of r: each block is one product
-        Xᵀ U with U = L⁻ᵀ[:, block] (n×m).
+        With cheap columns (dense or on-disk X): L⁻¹ applied to each column slab, squared norms
+        summed per column. Otherwise ‖L⁻¹x_q‖² = Σ_r (Xᵀ L⁻ᵀ e_r)_q², accumulated over blocks of r:
+        each block is one product Xᵀ U with U = L⁻ᵀ[:, block] (n×m).
         """
         if self.cheap_columns:
             norms = torch.empty(self.d, dtype=torch.float64)

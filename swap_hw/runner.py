@@ -255,6 +255,7 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
             yield _cell_record(scenario, cell, ms, time.perf_counter() - t0, realised=_sparsity_of(prep.dense, prep.layout))
         return
 
+    spec = scenario.spec
     source: GradientSource = scenario.sources[unit.source]
     pruners_needed = {c.pruner for c in cells}
     grads: GradientSet | None = None
@@ -262,13 +263,12 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
     grad_seconds = 0.0
     if any(scenario.pruners[p].needs_gradients for p in pruners_needed):
         t0 = time.perf_counter()
-        batch = prep.splits.calibration(scenario.spec.calibration.n, seeds.calibration(unit.replicate))
+        batch = prep.splits.calibration(spec.calibration.n, seeds.calibration(unit.replicate))
         grads = source.collect(prep.dense, batch, seeds.source(unit.replicate), prep.layout,
-                               **scenario.spec.calibration.storage())
+                               **spec.calibration.storage())
         grad_seconds = time.perf_counter() - t0
     weights = prep.layout.weights_of(prep.dense)
 
-    spec = scenario.spec
     staged = spec.protocol in ("multi_stage", "gradual")
     if spec.protocol == "gradual":
         stages, staged_kw = spec.finetune.stages, {"finetune": spec.finetune,

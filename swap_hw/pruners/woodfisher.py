@@ -138,9 +138,7 @@ class WoodburyFisher:
         return torch.maximum(1.0 - norms, 1e-3 * floor) / self.delta
 
     def column_sq_norms(self) -> torch.Tensor:
-        if self.dense_x is not None:
-            return (self.dense_x.to(torch.float64) ** 2).sum(dim=0)
-        if self.cheap_columns:
+        if self.cheap_columns:  # dense or on-disk X: slab by slab, never a float64 copy of all of X
             # written into one preallocated vector: keeping a small tensor per slab grew resident
             # memory by about one slab per slab (the allocator could not give the slabs back),
             # 24 GiB and an OOM kill at MobileNetV1 size

@@ -85,7 +85,7 @@ def write_matrix(n: int, d: int) -> torch.Tensor:
 
 def bench_case(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, analog: bool) -> None:
     from swap_hw.gradients import GRADIENT_SOURCES, per_sample_gradients
-    from swap_hw.gradients.base import _torch_func_per_sample_gradients
+    from swap_hw.gradients.per_sample import _torch_func_per_sample_gradients
     from swap_hw.layout import Layout
 
     model.eval()

@@ -69,12 +69,12 @@ def main() -> None:
     torch.set_num_threads(1)
     import replicate_mnist as R
     from swap_hw.config import parse_scenario_text
-    from swap_hw.deploy.base import accuracy_and_loss
+    from swap_hw.models import accuracy_and_loss
     from swap_hw.gradients import GRADIENT_SOURCES
     from swap_hw.models import apply_weights
     from swap_hw.protocols import prune_staged
     from swap_hw.pruners import PRUNERS
-    from swap_hw.runner import prepare
+    from swap_hw.sweep.run import prepare
 
     npz = ROOT / "results/bench/mnist_8k2k.npz"
     if not npz.is_file():

@@ -102,7 +102,7 @@ def condition_table(model: nn.Module, splits, repeats: int) -> None:
     print(f"   {'condition':64s} {'s / 1000':>9s}")
     print(f"   {'digital':64s} {median_seconds(run(make('digital')()), repeats):9.3f}")
 
-    from swap_hw.hardware import HardwareConfig, program
+    from swap_hw.noise.hardware import HardwareConfig, program
 
     realistic = {"out_noise": 0.06, "inp_res": 1 / 126, "out_res": 1 / 510}
     x, y = test
@@ -131,7 +131,7 @@ def condition_table(model: nn.Module, splits, repeats: int) -> None:
 
 
 def zero_table(model: nn.Module, splits, draws: int) -> None:
-    from swap_hw.hardware import HardwareConfig, program
+    from swap_hw.noise.hardware import HardwareConfig, program
     from swap_hw.layout import Layout
     from swap_hw.models import apply_weights
     from swap_hw.pruners import PRUNERS
@@ -180,7 +180,7 @@ def main() -> None:
 
     import platform
 
-    from swap_hw.deploy import accuracy_and_loss
+    from swap_hw.models import accuracy_and_loss
 
     model, splits = trained_digits_model()
     acc, _ = accuracy_and_loss(model, *splits.test)

@@ -70,7 +70,7 @@ def run_child(args: argparse.Namespace) -> dict:
     from swap_hw.layout import Layout
     from swap_hw.models import build_model
     from swap_hw.pruners import PRUNERS
-    from swap_hw.zoo import prunable_names
+    from swap_hw.models.zoo import prunable_names
 
     case = CASES[args.case]
     out: dict = {"case": args.case, "pruner": args.pruner, "n": args.n, "sparsity": args.sparsity}

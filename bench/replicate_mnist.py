@@ -146,13 +146,13 @@ def main() -> None:
 
     for p in protocols + sorted(full_grid):
         if p not in PROTOCOLS:
-            ap.error(f"unknown protocol {p!r}; allowed: {', '.join(PROTOCOLS)}")
+            ap.error(f"unknown protocol {p!r}; allowed: {', '.join(PROTOCOLS.names())}")
 
     from swap_hw.config import parse_scenario_text
-    from swap_hw.executors import make_executor
-    from swap_hw.report import summarize
-    from swap_hw.runner import run_scenario
-    from swap_hw.store import Store
+    from swap_hw.sweep.executors import make_executor
+    from swap_hw.results.report import summarize
+    from swap_hw.sweep.run import run_scenario
+    from swap_hw.results.store import Store
 
     npz = make_npz(Path(args.mnist), ROOT / "results/bench/mnist_8k2k.npz")
     command = "python bench/replicate_mnist.py " + " ".join(sys.argv[1:])

@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swap_hw.config import parse_scenario_text  # noqa: E402
-from swap_hw.executors import LocalExecutor, ProcessPoolExecutor  # noqa: E402
+from swap_hw.sweep.executors import LocalExecutor, ProcessPoolExecutor  # noqa: E402
 from swap_hw.pruners import PRUNERS  # noqa: E402
-from swap_hw.runner import prepare, run_scenario  # noqa: E402
-from swap_hw.store import Store  # noqa: E402
+from swap_hw.sweep.run import prepare, run_scenario  # noqa: E402
+from swap_hw.results.store import Store  # noqa: E402
 
 SCENARIO = """
 seed: 0

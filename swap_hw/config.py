@@ -31,7 +31,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .component import Component
+from .registry import CLEAN, DIGITAL, ONE_SHOT, Component
 from .errors import ConfigError
 from .models import ARCHITECTURES
 
@@ -129,29 +129,17 @@ class CalibrationConfig(Strict):
                 "spill_dir": self.spill_dir}
 
 
-class FinetuneConfig(Strict):
-    """protocol: gradual — T prune stages on the cubic schedule, E epochs of masked fine-tuning after each."""
-
-    stages: int = Field(10, ge=1, le=1000, description="T: prune → fine-tune rounds (cubic sparsity schedule)")
-    epochs: int = Field(1, ge=0, description="E: fine-tuning epochs after each stage, pruned weights held at 0")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate of fine-tuning")
-    batch_size: int = Field(64, gt=0, description="fine-tuning minibatch size")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of fine-tuning")
-
-
-class MultiStageConfig(Strict):
-    """protocol: multi_stage — T prune stages on the cubic schedule, gradients re-collected at the
-    pruned weights before each stage, no training (the CBS / CHITA++ one-shot procedure)."""
-
-    stages: int = Field(10, ge=1, le=1000, description="T: prune stages (cubic sparsity schedule)")
-
-
 class OutputConfig(Strict):
     db: str = Field("results/swap_hw.sqlite", description="SQLite results database")
     cache_dir: str = Field("results/cache", description="where trained dense models are cached")
 
 
 Sparsity = Union[float, Literal["auto"]]
+
+
+def sparsity_label(sparsity: float | str) -> str:
+    """How a sparsity is named in records, reports and on the command line: "0.9", "auto"."""
+    return "auto" if sparsity == "auto" else f"{float(sparsity):g}"
 
 
 class ScenarioFile(Strict):
@@ -163,17 +151,19 @@ class ScenarioFile(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    sources: list[Any] = Field(default_factory=lambda: ["clean"], min_length=1)
+    sources: list[Any] = Field(default_factory=lambda: [CLEAN], min_length=1)
     pruners: list[Any] = Field(min_length=1)
     sparsities: list[Sparsity] = Field(min_length=1)
-    conditions: list[Any] = Field(default_factory=lambda: ["digital"], min_length=1)
-    protocol: Literal["one_shot", "multi_stage", "gradual"] = Field(
-        "one_shot", description="one_shot: prune once, evaluate, no retraining; multi_stage: prune in "
-        "stages, gradients re-collected before each, no retraining (see multi_stage); gradual: prune in "
-        "stages, fine-tuning after each (see finetune)"
+    conditions: list[Any] = Field(default_factory=lambda: [DIGITAL], min_length=1)
+    protocol: Any = Field(
+        ONE_SHOT, description="how each pruner is scheduled: one_shot (prune once, no retraining), "
+        "multi_stage (stages, gradients re-collected before each, no retraining) or gradual (stages, "
+        "fine-tuning after each), as a name or {name: ..., its settings} (swap_hw/protocols/)"
     )
-    multi_stage: MultiStageConfig = Field(default_factory=MultiStageConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    # The settings of multi_stage and gradual, as scenarios wrote them before protocols were a
+    # family; still read (into the protocol's settings) so that old scenarios and stored runs load.
+    multi_stage: dict[str, Any] | None = Field(None, description="settings of protocol multi_stage (older form)")
+    finetune: dict[str, Any] | None = Field(None, description="settings of protocol gradual (older form)")
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
@@ -188,6 +178,7 @@ class Scenario:
     sources: tuple[Component, ...]
     pruners: tuple[Component, ...]
     conditions: tuple[Component, ...]
+    protocol: Component
 
     @property
     def name(self) -> str:
@@ -195,8 +186,9 @@ class Scenario:
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved configuration: defaults filled, lists expanded. Saved with results."""
-        out = self.spec.model_dump(mode="json")
+        out = self.spec.model_dump(mode="json", exclude={"multi_stage", "finetune"})
         out["name"] = self.name
+        out["protocol"] = self.protocol.describe()
         out["sources"] = [s.describe() for s in self.sources]
         out["pruners"] = [p.describe() for p in self.pruners]
         out["conditions"] = [c.describe() for c in self.conditions]
@@ -347,6 +339,33 @@ def _build_sources(entries: list, file: str) -> list[Component]:
     return out
 
 
+def _build_protocol(registry, spec: ScenarioFile, file: str) -> Component:
+    """The scenario's one protocol. The older top-level settings blocks (`multi_stage:`,
+    `finetune:` for gradual) are checked against their protocol's settings whichever protocol is
+    chosen (errors name the block), and become the chosen protocol's settings when it owns one."""
+    built = build_component(registry, spec.protocol, file, "protocol")
+    if len(built) != 1:
+        raise ConfigError(file, "protocol", "one protocol per scenario (a list expands into several)")
+    protocol = built[0]
+    for block in _LEGACY_PROTOCOL_BLOCKS:
+        settings = getattr(spec, block)
+        if settings is None:
+            continue
+        owner = next(name for name in registry.names()
+                     if (registry.get(name).settings_block or name) == block)
+        checked = build_component(registry, {"name": owner, **settings}, file, block)[0]
+        if owner == protocol.name and settings:
+            if isinstance(spec.protocol, dict) and len(spec.protocol) > 1:
+                raise ConfigError(file, block, "settings given both here and under protocol; keep one")
+            checked.config_path = "protocol"
+            protocol = checked
+    return protocol
+
+
+# top-level scenario keys that held protocol settings before protocols were a family
+_LEGACY_PROTOCOL_BLOCKS = ("multi_stage", "finetune")
+
+
 def set_override(data: dict, dotted: str, value_text: str, file: str) -> None:
     """Apply one ``--set a.b[0].c=value`` (or ``a.b.0.c=value``) override to raw YAML data."""
     value = yaml.safe_load(value_text) if value_text != "" else ""
@@ -408,8 +427,10 @@ def parse_scenario_text(text: str, file: str, overrides: list[str] | None = None
             raise ConfigError(file, f"sparsities[{i}]", f"{s!r} is outside [0, 1); allowed: numbers in [0, 1) or 'auto'")
 
     from .deploy import CONDITIONS
+    from .protocols import PROTOCOLS
     from .pruners import PRUNERS
 
+    protocol = _build_protocol(PROTOCOLS, spec, file)
     sources = _build_sources(spec.sources, file)
     pruners = [m for i, e in enumerate(spec.pruners) for m in build_component(PRUNERS, e, file, f"pruners[{i}]")]
     conditions = [m for i, e in enumerate(spec.conditions) for m in build_component(CONDITIONS, e, file, f"conditions[{i}]")]
@@ -418,7 +439,7 @@ def parse_scenario_text(text: str, file: str, overrides: list[str] | None = None
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ConfigError(file, family, f"listed twice: {', '.join(sorted(dup))}")
-    scenario = Scenario(file, text, spec, tuple(sources), tuple(pruners), tuple(conditions))
+    scenario = Scenario(file, text, spec, tuple(sources), tuple(pruners), tuple(conditions), protocol)
     _check_combinations(scenario)
     return scenario
 
@@ -426,7 +447,7 @@ def parse_scenario_text(text: str, file: str, overrides: list[str] | None = None
 def _check_combinations(scenario: Scenario) -> None:
     """Cross-field checks each member may ask for (a hook: `validate_scenario(scenario, file, path)`)."""
     for family, members in (("sources", scenario.sources), ("pruners", scenario.pruners),
-                            ("conditions", scenario.conditions)):
+                            ("conditions", scenario.conditions), ("protocol", (scenario.protocol,))):
         for i, member in enumerate(members):
             check = getattr(member, "validate_scenario", None)
             if check is not None:

@@ -8,6 +8,7 @@ loaded the same dense model as the coordinator.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Mapping
 
 import torch
@@ -20,4 +21,13 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (first 16 hex digits) of a file's bytes: a user file is known by its content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()[:16]

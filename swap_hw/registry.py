@@ -1,14 +1,25 @@
-"""Name → class registries for the three component families.
+"""The four component families — gradient sources, pruners, deployment conditions, protocols —
+and the shape every member shares.
 
-Each family (gradient sources, pruners, deployment conditions) owns one `Registry`. A member
-registers itself with a decorator in its own module; the family package imports its members so
-that importing the package fills the registry. Unknown names raise `KeyError` whose message lists
-the valid names, which config validation turns into a file-and-field error.
+Each family owns one `Registry`. A member is a class in its own module of the family's package,
+registered by name with a decorator (``@PRUNERS.register("magnitude")``); the package calls
+`discover` so that every module in it is imported and registered, with no list to edit. Unknown
+names raise `KeyError` whose message lists the valid names, which config validation turns into a
+file-and-field error.
+
+A member declares its parameters as a nested pydantic model called `Params`, each field with a
+description and its allowed range. Scenario validation checks a member's YAML entry against that
+model, so adding a member never touches the config module.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import importlib
+import json
+import pkgutil
+from typing import Any, Callable, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 T = TypeVar("T")
 
@@ -41,3 +52,64 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._members
+
+    @staticmethod
+    def discover(package: str, path: list[str]) -> None:
+        """Import every module of a family's package (its `__name__`, `__path__`), so that each
+        member file registers itself. Private modules (leading underscore) are skipped."""
+        for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package}.{info.name}")
+
+
+class Params(BaseModel):
+    """Base of every member's parameter model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Component:
+    """A registered member of a family. Subclasses set `Params` and are registered by name."""
+
+    name: ClassVar[str] = "?"
+    Params: ClassVar[type[Params]] = Params
+    # Where in a scenario file this member was written (e.g. "pruners[2]"), for error messages;
+    # set by config validation, None for members built in code.
+    config_path: str | None = None
+
+    def __init__(self, params: Params | None = None, **kwargs: Any):
+        if params is not None and kwargs:
+            raise TypeError("pass either a Params instance or keyword arguments, not both")
+        self.params = params if params is not None else self.Params(**kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines this member's behaviour, JSON-serialisable."""
+        return {"name": self.name, **self.params.model_dump(mode="json")}
+
+    @property
+    def label(self) -> str:
+        """Short display name: the member name plus the parameters that differ from defaults."""
+        changed = self.params.model_dump(mode="json", exclude_defaults=True)
+        if not changed:
+            return self.name
+        inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(changed.items()))
+        return f"{self.name}({inner})"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.label}>"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+# The identity names, from one place: the reference row of every comparison (the unpruned model's
+# pruner label) and each family's identity member (untouched gradients, exact inference, one call).
+DENSE = "dense"
+CLEAN = "clean"
+DIGITAL = "digital"
+ONE_SHOT = "one_shot"

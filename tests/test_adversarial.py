@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from swap_hw.attacks import ATTACK_NAMES, AttackSettings, craft_adversarial, perturbation_norms, step_size
-from swap_hw.deploy import CONDITIONS, accuracy_and_loss
+from swap_hw.noise.attacks import ATTACK_NAMES, AttackSettings, craft_adversarial, perturbation_norms, step_size
+from swap_hw.deploy import CONDITIONS
+from swap_hw.models import accuracy_and_loss
 from swap_hw.gradients import GRADIENT_SOURCES
 
 FLOAT_SLACK = 1e-6  # x + clamp(δ) is computed in float32

@@ -123,7 +123,7 @@ def _loop(model, x, y, layout):
 
 @pytest.mark.parametrize("case", ["mlpnet", "twice", "conv"])
 def test_per_sample_gradients_paths_agree(case):
-    from swap_hw.gradients.base import (_independent_linear_layers, _torch_func_per_sample_gradients,
+    from swap_hw.gradients.per_sample import (_independent_linear_layers, _torch_func_per_sample_gradients,
                                         per_sample_gradients)
     from swap_hw.layout import Layout
     from swap_hw.models import MLPNet

@@ -1,4 +1,4 @@
-"""swap_hw.hardware: aihwkit programming, drift, effective weights, zero retention."""
+"""swap_hw.noise.hardware: aihwkit programming, drift, effective weights, zero retention."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from swap_hw.errors import ParameterError
-from swap_hw.hardware import HardwareConfig, program
+from swap_hw.noise.hardware import HardwareConfig, program
 
 
 def _pruned(model: nn.Module, fraction: float = 0.5) -> nn.Module:

@@ -19,7 +19,7 @@ from swap_hw.gradients.matrix_free import (
 from swap_hw.layout import Layout
 from swap_hw.models import build_model, train_model
 from swap_hw.pruners import PRUNERS
-from swap_hw.zoo import prunable_names
+from swap_hw.models.zoo import prunable_names
 
 MODELS = {"mlpnet": {}, "cnn": {"channels": [4, 8], "hidden": 16}, "resnet20": {"width": 0.25},
           "mobilenetv1": {"width": 0.125}}

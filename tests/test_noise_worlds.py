@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from swap_hw.attacks import AttackSettings, craft_adversarial
+from swap_hw.noise.attacks import AttackSettings, craft_adversarial
 from swap_hw.cli import main as cli_main
 from swap_hw.config import load_scenario
-from swap_hw.deploy import CONDITIONS, Measurement, accuracy_and_loss
+from swap_hw.deploy import CONDITIONS, Measurement
+from swap_hw.models import accuracy_and_loss
 from swap_hw.gradients import GRADIENT_SOURCES, GradientSet
 from swap_hw.gradients.chain import ChainedSource
 from swap_hw.layout import Layout

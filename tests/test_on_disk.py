@@ -106,7 +106,7 @@ def test_a_run_switches_between_recompute_and_disk_without_recomputing(write_sce
     import sqlite3
 
     from swap_hw.config import load_scenario
-    from swap_hw.runner import run_scenario
+    from swap_hw.sweep.run import run_scenario
 
     body = """
     repeats: 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from swap_hw.errors import ParameterError
-from swap_hw.plots_pqi import plot_pqi_curve
+from swap_hw.results.plots_pqi import plot_pqi_curve
 
 
 def records():

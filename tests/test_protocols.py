@@ -4,6 +4,8 @@ grow, and the runner recording which protocol made each cell."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import sqlite3
 from types import SimpleNamespace
 
@@ -16,8 +18,9 @@ from swap_hw.gradients import GRADIENT_SOURCES
 from swap_hw.layout import Layout
 from swap_hw.pruners import PRUNERS, Pruner, kept_count
 from swap_hw.pruners.base import SolveOutput, hard_threshold_mask
-from swap_hw.protocols import cubic_schedule, prune_staged
-from swap_hw.runner import run_scenario
+from swap_hw.protocols import prune_staged
+from swap_hw.pruners.schedule import cubic_schedule
+from swap_hw.sweep.run import run_scenario
 
 FINETUNE = SimpleNamespace(stages=4, epochs=1, lr=1e-3, batch_size=64, weight_decay=0.0)
 
@@ -55,7 +58,11 @@ def test_the_gradient_step_pruner_would_revive_without_masked_columns(digits_mod
     weights = layout.weights_of(model)
     first = GradientStep().prune(weights, grads, 0.5)
     zeroed = layout.flatten(first.weights)
-    again = GradientStep().prune(layout.unflatten(zeroed), grads, 0.6)
+    # the dense model's gradient columns with the pruned weights as w̄ (a pruner reads w̄ from its
+    # GradientSet, and refuses weights that are not that w̄)
+    with pytest.raises(ParameterError, match="differ from the GradientSet"):
+        GradientStep().prune(layout.unflatten(zeroed), grads, 0.6)
+    again = GradientStep().prune(layout.unflatten(zeroed), dataclasses.replace(grads, w_bar=zeroed), 0.6)
     revived = layout.flatten(again.masks).bool() & ~layout.flatten(first.masks).bool()
     assert int(revived.sum()) > 0
 
@@ -105,7 +112,7 @@ def test_gradual_magnitude_reaches_the_target_with_pruned_weights_at_zero(digits
     assert all(e["revived"] == 0 and e["finetune_seconds"] > 0 for e in stages)
     assert result.log["protocol"] == "gradual" and pruned.training is False
     # fine-tuning recovers accuracy that one-shot magnitude pruning at s = 0.9 loses
-    from swap_hw.deploy.base import accuracy_and_loss
+    from swap_hw.models import accuracy_and_loss
     from swap_hw.models import apply_weights
 
     one_shot = PRUNERS.get("magnitude")().prune(layout.weights_of(model), None, 0.9)
@@ -195,7 +202,7 @@ def test_multi_stage_recollects_gradients_at_the_pruned_weights_and_never_trains
 
 def test_multi_stage_lr_beats_lr_on_gradients_taken_once(digits_model):
     """The point of re-collecting: the quadratic model is re-expanded where the weights now are."""
-    from swap_hw.deploy.base import accuracy_and_loss
+    from swap_hw.models import accuracy_and_loss
     from swap_hw.models import apply_weights
 
     model, splits = digits_model
@@ -243,8 +250,8 @@ def test_runner_records_the_protocol_of_each_cell(write_scenario):
     # the report says which protocol produced each number
     from rich.console import Console
 
-    from swap_hw.report import render_table, summarize, summary_as_dict
-    from swap_hw.store import Store
+    from swap_hw.results.report import render_table, summarize, summary_as_dict
+    from swap_hw.results.store import Store
 
     with Store(summary.db) as store:
         report = summarize(store.records(summary.run_id))
@@ -284,10 +291,10 @@ def test_protocol_settings_are_validated(write_scenario, body, field):
 def test_export_recomputes_a_staged_cell(write_scenario, tmp_path, protocol):
     """export rebuilds the staged run's model: the final (fine-tuned) weights, the masks every stage
     kept, and the accuracy the run stored."""
-    from swap_hw.deploy.base import accuracy_and_loss
-    from swap_hw.export import export_pruned
+    from swap_hw.models import accuracy_and_loss
+    from swap_hw.sweep.export import export_pruned
     from swap_hw.models import build_model
-    from swap_hw.store import Store
+    from swap_hw.results.store import Store
 
     text = GRADUAL.replace("pruners: [magnitude]", "pruners: [lr]").replace("protocol: gradual", f"protocol: {protocol}")
     scenario = load_scenario(write_scenario(text + "multi_stage: {stages: 3}\n", f"{protocol}.yaml"))
@@ -304,14 +311,14 @@ def test_export_recomputes_a_staged_cell(write_scenario, tmp_path, protocol):
     fresh.eval()
     params = dict(fresh.named_parameters())
     assert all(torch.all(params[n][~m] == 0) for n, m in out.masks.items())
-    from swap_hw.runner import prepare
+    from swap_hw.sweep.run import prepare
 
     assert accuracy_and_loss(fresh, *prepare(scenario).splits.test)[0] == stored
 
 
 def test_cell_keys_follow_the_settings_of_the_protocol_in_use(write_scenario):
     """multi_stage.stages changes a multi_stage cell (a different result), not a one_shot one."""
-    from swap_hw.runner import plan_cells
+    from swap_hw.sweep.run import plan_cells
 
     def keys(text):
         return {c.key for c in plan_cells(load_scenario(write_scenario(text, "k.yaml")))}

@@ -11,11 +11,12 @@ import torch
 from pydantic import ValidationError
 
 from swap_hw.gradients import GRADIENT_SOURCES
-from swap_hw.gradients.base import GradientSet
+from swap_hw.gradients import GradientSet
 from swap_hw.layout import Layout
 from swap_hw.models import apply_weights
 from swap_hw.pruners import PRUNERS, kept_count
-from swap_hw.pruners.iht import Budget, cubic_sparsities
+from swap_hw.pruners.schedule import cubic_schedule
+from swap_hw.pruners.selection import Budget
 from swap_hw.pruners.lr import LRPruner
 from swap_hw.pruners.swap import SwapPruner
 from swap_hw.pruners.woodfisher import WoodburyFisher
@@ -93,8 +94,8 @@ def test_tau_c_is_the_largest_support_preserving_step(seed):
 
 
 def test_cubic_schedule():
-    assert cubic_sparsities(0.9, 1) == [0.9]
-    s = cubic_sparsities(0.9, 4)
+    assert cubic_schedule(0.9, 1) == [0.9]
+    s = cubic_schedule(0.9, 4)
     assert s[0] == 0.0 and s[-1] == 0.9 and all(x < y for x, y in zip(s, s[1:]))
     assert s[1] == pytest.approx(0.9 * (1 - (2 / 3) ** 3))
 

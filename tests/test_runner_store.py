@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from swap_hw.config import load_scenario
-from swap_hw.runner import plan_cells, prepare, run_scenario
-from swap_hw.store import Store
+from swap_hw.sweep.run import plan_cells, prepare, run_scenario
+from swap_hw.results.store import Store
 
 from snippets import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -125,7 +125,7 @@ def test_checkpoint_is_loaded_instead_of_training(write_scenario, tmp_path):
 
 
 def test_iterative_pruners_run_through_the_runner_and_plot_their_pqi_curve(write_scenario, tmp_path):
-    from swap_hw.cli_sweeps import report_plot
+    from swap_hw.cli.sweeps import report_plot
 
     scenario = load_scenario(write_scenario("""
 repeats: 1

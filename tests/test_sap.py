@@ -1,7 +1,9 @@
 """Iterative pruners `sap` and `lottery`: prune counts, masks through training, stopping rules,
-purity, and their refusal to run one-shot."""
+purity, and their refusal to run without a training context."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -13,8 +15,8 @@ from swap_hw.layout import Layout
 from swap_hw.models import apply_weights, build_model, train_model
 from swap_hw.pqi import keep_bound, pq_index, pq_index_groups, prune_count
 from swap_hw.pruners import PRUNERS, TrainingContext, kept_count
-from swap_hw.pruners.iterative import cut_counts, prune_smallest, scope_groups
-from swap_hw.deploy.base import accuracy_and_loss
+from swap_hw.pruners.selection import cut_counts, prune_smallest, scope_groups
+from swap_hw.models import accuracy_and_loss
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +32,19 @@ def setup():
 
 
 def context(setup, **overrides) -> TrainingContext:
-    _, init, (x, y), (xv, yv) = setup
-    settings = dict(initial_state=init, x_train=x, y_train=y, x_val=xv, y_val=yv, epochs=1, lr=0.02,
+    model, init, (x, y), (xv, yv) = setup
+    settings = dict(model=model, initial_state=init, x_train=x, y_train=y, x_val=xv, y_val=yv, epochs=1, lr=0.02,
                     batch_size=100, seed=5)
     settings.update(overrides)
     return TrainingContext(**settings)
+
+
+def prune_iteratively(pruner, model, ctx, sparsity, layout=None, weights=None):
+    """The one pruner contract for a pruner that retrains: the model's prunable weights (all, or
+    `layout`'s), no gradients, the training context of `model`; sparsity None = its own rule."""
+    weights = weights if weights is not None else (layout or Layout.from_model(model)).weights_of(model)
+    return pruner.prune(weights, None, "auto" if sparsity is None else sparsity,
+                        training=dataclasses.replace(ctx, model=model))
 
 
 def zeros_in_prunable(model, iteration):
@@ -83,7 +93,7 @@ def test_defaults_keep_fraction_is_one_minus_pqi():
 def test_sap_run_records_follow_the_rule_and_masks_stay_zero(setup):
     model = setup[0]
     ctx = context(setup, evaluate=zeros_in_prunable)
-    result = PRUNERS.get("sap")(iterations=3).prune_iterative(model, ctx, None)
+    result = prune_iteratively(PRUNERS.get("sap")(iterations=3), model, ctx, None)
     records = result.log["iterations"]
     d = result.log["d"]
     assert [r["iteration"] for r in records] == list(range(len(records)))
@@ -113,7 +123,7 @@ def test_sap_run_records_follow_the_rule_and_masks_stay_zero(setup):
 def test_lottery_prunes_floor_of_twenty_percent_and_result_rebuilds_the_network(setup):
     model = setup[0]
     ctx = context(setup)
-    result = PRUNERS.get("lottery")(iterations=3).prune_iterative(model, ctx, None)
+    result = prune_iteratively(PRUNERS.get("lottery")(iterations=3), model, ctx, None)
     records = result.log["iterations"]
     assert len(records) == 4 and result.log["stopped"] == "iterations"
     d = result.log["d"]
@@ -133,7 +143,7 @@ def test_lottery_prunes_floor_of_twenty_percent_and_result_rebuilds_the_network(
 
 def test_layer_scope_lottery_prunes_each_layer_by_its_own_count(setup):
     model = setup[0]
-    result = PRUNERS.get("lottery")(iterations=1, scope="layer", rate=0.3).prune_iterative(model, context(setup), None)
+    result = prune_iteratively(PRUNERS.get("lottery")(iterations=1, scope="layer", rate=0.3), model, context(setup), None)
     for entry in result.log["layers"]:
         size = entry["size"]
         assert round(entry["sparsity"] * size) == int(0.3 * size)
@@ -143,7 +153,7 @@ def test_sparsity_target_cuts_the_last_step_exactly(setup):
     model = setup[0]
     ctx = context(setup)
     d = Layout.from_model(model).d
-    result = PRUNERS.get("lottery")(iterations=10).prune_iterative(model, ctx, 0.5)
+    result = prune_iteratively(PRUNERS.get("lottery")(iterations=10), model, ctx, 0.5)
     k = kept_count(d, 0.5)
     assert result.log["kept"] == k
     assert result.log["stopped"] == "target" and result.log["target_reached"] is True
@@ -154,7 +164,7 @@ def test_sparsity_target_cuts_the_last_step_exactly(setup):
     assert records[3]["prune_count"] == records[3]["kept"] - k
     # Layer and neuron scope: the cut is spread over the groups and still hits k exactly.
     for scope in ("layer", "neuron"):
-        grouped = PRUNERS.get("sap")(iterations=10, scope=scope).prune_iterative(model, ctx, 0.3)
+        grouped = prune_iteratively(PRUNERS.get("sap")(iterations=10, scope=scope), model, ctx, 0.3)
         assert grouped.log["kept"] == kept_count(d, 0.3)
         assert grouped.log["stopped"] == "target"
         assert any(r.get("cut_to_target") for r in grouped.log["iterations"])
@@ -162,7 +172,7 @@ def test_sparsity_target_cuts_the_last_step_exactly(setup):
 
 def test_unreachable_target_warns_and_reports(setup):
     model = setup[0]
-    result = PRUNERS.get("lottery")(iterations=1).prune_iterative(model, context(setup), 0.9)
+    result = prune_iteratively(PRUNERS.get("lottery")(iterations=1), model, context(setup), 0.9)
     assert result.log["target_reached"] is False
     assert result.log["warnings"] and "not reached" in result.log["warnings"][0]
     assert result.sparsity == pytest.approx(0.2, abs=1e-3)
@@ -173,7 +183,7 @@ def test_pruner_does_not_mutate_model_or_context(setup):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     init_copy = {k: v.clone() for k, v in init.items()}
     flags = [p.requires_grad for p in model.parameters()]
-    PRUNERS.get("sap")(iterations=1).prune_iterative(model, context(setup, retrain_dense=True), None)
+    prune_iteratively(PRUNERS.get("sap")(iterations=1), model, context(setup, retrain_dense=True), None)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
     for k, v in init.items():
@@ -185,11 +195,11 @@ def test_iteration_zero_reuses_the_dense_model_unless_asked(setup):
     model = setup[0]
     _, _, (x, y), _ = setup
     dense_acc = accuracy_and_loss(model, x, y)[0]
-    reused = PRUNERS.get("lottery")(iterations=1).prune_iterative(model, context(setup), None)
+    reused = prune_iteratively(PRUNERS.get("lottery")(iterations=1), model, context(setup), None)
     assert reused.log["iterations"][0]["train_accuracy"] == pytest.approx(dense_acc)
     assert reused.log["iterations"][0]["pqi_global"] == pytest.approx(reused.log["pqi"]["global_before"])
     # Same settings, same seed: the run is reproducible.
-    again = PRUNERS.get("lottery")(iterations=1).prune_iterative(model, context(setup), None)
+    again = prune_iteratively(PRUNERS.get("lottery")(iterations=1), model, context(setup), None)
     for name in reused.masks:
         assert torch.equal(reused.masks[name], again.masks[name])
         assert torch.equal(reused.weights[name], again.weights[name])
@@ -210,10 +220,10 @@ def test_one_shot_call_and_bad_inputs_raise_clear_errors(setup):
     with pytest.raises(ValidationError):
         PRUNERS.get("lottery")(rate=1.0)
     with pytest.raises(ParameterError, match="sparsity"):
-        PRUNERS.get("sap")().prune_iterative(model, context(setup), 1.0)
+        prune_iteratively(PRUNERS.get("sap")(), model, context(setup), 1.0)
     bad_init = {k: v for k, v in setup[1].items() if not k.endswith("bias")}
     with pytest.raises(ParameterError, match="initial_state"):
-        PRUNERS.get("sap")().prune_iterative(model, context(setup, initial_state=bad_init), None)
+        prune_iteratively(PRUNERS.get("sap")(), model, context(setup, initial_state=bad_init), None)
 
 
 def test_cut_counts_sums_exactly_and_never_exceeds():
@@ -246,12 +256,11 @@ def test_partial_layout_and_batchnorm_buffers(setup):
     train_model(net, x, y, epochs=1, lr=0.02, batch_size=100, seed=0)
     layout = Layout.from_model(net, include=["0.weight"])
     ctx = context(setup, initial_state=init)
-    result = PRUNERS.get("lottery")(iterations=1, rate=0.5).prune_iterative(net, ctx, None, layout=layout)
+    result = prune_iteratively(PRUNERS.get("lottery")(iterations=1, rate=0.5), net, ctx, None, layout=layout)
     assert set(result.masks) == {"0.weight"} and result.log["kept"] == 18  # 36 conv weights, half gone
     assert bool((result.weights["4.weight"] != 0).all())  # outside the layout: retrained, not pruned
     # The retrained BatchNorm statistics come back with the result, not the dense model's.
     assert set(result.buffers) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
     assert not torch.equal(result.buffers["1.running_mean"], net.state_dict()["1.running_mean"])
-    wrong = Layout.from_shapes([("0.weight", (4, 1, 2, 2))])
     with pytest.raises(ParameterError, match="layout entry"):
-        PRUNERS.get("lottery")().prune_iterative(net, ctx, None, layout=wrong)
+        prune_iteratively(PRUNERS.get("lottery")(), net, ctx, None, weights={"0.weight": torch.zeros(4, 1, 2, 2)})

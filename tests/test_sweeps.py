@@ -19,8 +19,8 @@ import torch
 
 from swap_hw.config import load_scenario, parse_scenario_text
 from swap_hw.errors import ConfigError, SwapHwError
-from swap_hw.runner import plan_cells, run_scenario
-from swap_hw.store import Store
+from swap_hw.sweep.run import plan_cells, run_scenario
+from swap_hw.results.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_dry_run_lists_cells_and_does_no_work(shared, local_run, capsys):
 
 
 def test_process_pool_gives_the_same_records_as_the_local_loop(shared, local_run):
-    from swap_hw.executors import ProcessPoolExecutor
+    from swap_hw.sweep.executors import ProcessPoolExecutor
 
     scenario, ref = local_run
     pooled = run_scenario(scenario, db=str(shared / "pool.sqlite"), executor=ProcessPoolExecutor(2))
@@ -118,7 +118,7 @@ def test_process_pool_gives_the_same_records_as_the_local_loop(shared, local_run
 
 def test_dask_local_cluster_gives_the_same_records_as_the_local_loop(shared, local_run):
     distributed = pytest.importorskip("dask.distributed")
-    from swap_hw.executors import DaskExecutor
+    from swap_hw.sweep.executors import DaskExecutor
 
     scenario, ref = local_run
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -133,7 +133,7 @@ def test_dask_local_cluster_gives_the_same_records_as_the_local_loop(shared, loc
 
 
 def test_executor_choice_is_checked():
-    from swap_hw.executors import LocalExecutor, ProcessPoolExecutor, make_executor
+    from swap_hw.sweep.executors import LocalExecutor, ProcessPoolExecutor, make_executor
 
     assert isinstance(make_executor("local", 1), LocalExecutor)
     assert isinstance(make_executor("local", 3), ProcessPoolExecutor)
@@ -146,8 +146,8 @@ def test_executor_choice_is_checked():
 
 
 def test_a_worker_with_another_dense_model_refuses(shared, local_run):
-    from swap_hw.executors import compute_unit
-    from swap_hw.runner import group_cells
+    from swap_hw.sweep.executors import compute_unit
+    from swap_hw.sweep.run import group_cells
 
     scenario, _ = local_run
     unit = group_cells(plan_cells(scenario))[1]
@@ -222,7 +222,7 @@ def _records(run: str, pruner_values: dict[str, dict[int, float]], condition="di
 def test_compare_pairs_replicates_or_falls_back_to_welch():
     from scipy import stats
 
-    from swap_hw.compare import compare_records
+    from swap_hw.results.compare import compare_records
 
     a = _records("A", {"magnitude": {0: 0.80, 1: 0.82, 2: 0.78}})
     b = _records("B", {"magnitude": {0: 0.85, 1: 0.86, 2: 0.84}})
@@ -272,7 +272,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_plots_are_written_as_real_pngs(tmp_path):
-    from swap_hw.plots import write_plots
+    from swap_hw.results.plots import write_plots
 
     records = []
     for drift in (1.0, 3600.0, 86400.0):
@@ -308,10 +308,10 @@ def test_report_plot_from_the_cli(local_run, tmp_path, capsys):
 
 def test_export_round_trips_into_a_fresh_model(local_run, tmp_path, capsys):
     from swap_hw.cli import main
-    from swap_hw.deploy.base import accuracy_and_loss
+    from swap_hw.models import accuracy_and_loss
     from swap_hw.models import apply_weights, build_model
     from swap_hw.pruners import PRUNERS
-    from swap_hw.runner import prepare
+    from swap_hw.sweep.run import prepare
 
     scenario, ref = local_run
     out = tmp_path / "pruned.pt"
@@ -343,7 +343,7 @@ def test_export_round_trips_into_a_fresh_model(local_run, tmp_path, capsys):
 
 
 def test_export_refuses_weights_that_differ_from_the_run(local_run, tmp_path):
-    from swap_hw.export import export_pruned
+    from swap_hw.sweep.export import export_pruned
 
     scenario, ref = local_run
     db = tmp_path / "tampered.sqlite"

@@ -10,7 +10,7 @@ from swap_hw.gradients import GRADIENT_SOURCES
 from swap_hw.layout import Layout
 from swap_hw.models import ARCHITECTURES, apply_weights, build_model
 from swap_hw.pruners import PRUNERS, kept_count
-from swap_hw.zoo import all_prunable, prunable_count, prunable_names
+from swap_hw.models.zoo import all_prunable, prunable_count, prunable_names
 
 TINY = {"resnet20": {"width": 0.25}, "mobilenetv1": {"width": 0.125}, "cnn": {"channels": [4, 8], "hidden": 16},
         "mlpnet": {}}
@@ -107,7 +107,7 @@ def test_every_model_prunes_end_to_end(arch):
     grads = GRADIENT_SOURCES.get("clean")().collect(model, (x, y), seed=0, layout=layout)
     assert grads.X.shape == (12, layout.d) and torch.isfinite(grads.X).all() and grads.X.abs().sum() > 0
     weights = layout.weights_of(model)
-    one_shot = [n for n in PRUNERS.names() if not hasattr(PRUNERS.get(n), "prune_iterative")]
+    one_shot = [n for n in PRUNERS.names() if not PRUNERS.get(n).needs_training]
     assert "magnitude" in one_shot
     for name in one_shot:
         result = PRUNERS.get(name)().prune(weights, grads, 0.7)
@@ -122,7 +122,7 @@ def test_every_model_prunes_end_to_end(arch):
 
 def test_runner_prunes_the_initialised_model_of_a_zoo_architecture(write_scenario):
     from swap_hw.config import load_scenario
-    from swap_hw.runner import prepare, run_scenario
+    from swap_hw.sweep.run import prepare, run_scenario
 
     path = write_scenario("""
         repeats: 1

@@ -19,7 +19,7 @@ Measurements: "accuracy" and "loss" with tags {"eps": eps, "attack": name, "draw
 the attack makes it misclassify (0 for eps = 0).
 
 Attacking the model as deployed on analog hardware (`hardware` block + `drift_time`): each draw k
-is one chip. The model is programmed on simulated tiles (swap_hw.hardware.program, programming
+is one chip. The model is programmed on simulated tiles (swap_hw.noise.hardware.program, programming
 noise and drift exponents seeded from (seed, k)), drifted to `drift_time` seconds (read noise
 seeded from (seed, k)), and then, on that same programmed-and-drifted chip, the clean accuracy
 (eps = 0) and every eps level are measured: the attack is crafted WHITE-BOX against the analog
@@ -46,9 +46,9 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..attacks import AttackSettings, craft_adversarial, input_range_problem
+from ..noise.attacks import AttackSettings, craft_adversarial, input_range_problem
 from ..errors import ConfigError
-from ..hardware import HardwareConfig, program
+from ..noise.hardware import HardwareConfig, program
 from ..seeding import derive_seed, torch_global_seed
 from .base import CONDITIONS, Condition, Measurement
 

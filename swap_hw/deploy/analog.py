@@ -1,7 +1,7 @@
 """`analog`: the (pruned) model deployed on simulated analog in-memory hardware (aihwkit).
 
 For each of `draws` independent programming draws k (seed derived from (seed, k)) the model is
-programmed once (swap_hw.hardware.program), then drifted to every time in `drift_times`
+programmed once (swap_hw.noise.hardware.program), then drifted to every time in `drift_times`
 (seconds after programming, increasing). aihwkit drifts from the programmed state: the drift
 exponents ν are fixed at programming, the accumulated read noise is drawn afresh for each time
 (seed derived from (seed, k, t), so a measurement at time t does not depend on which other times
@@ -25,7 +25,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..hardware import HardwareConfig, hardware_config_of, program
+from ..noise.hardware import HardwareConfig, hardware_config_of, program
 from ..seeding import derive_seed
 from .base import CONDITIONS, Condition, Measurement
 

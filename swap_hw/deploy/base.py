@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..component import Component
-from ..registry import Registry
+from ..models.evaluate import accuracy_and_loss  # noqa: F401  (re-exported for members)
+from ..registry import Component, Registry
 
 CONDITIONS: Registry["Condition"] = Registry("deployment condition")
 
@@ -28,26 +28,6 @@ class Measurement:
     # Where in the condition's own grid this value sits, e.g. {"drift_time": 3600.0, "draw": 2}.
     # Keys used by the store's columns: drift_time (seconds), draw (repetition index).
     tags: dict[str, Any] = field(default_factory=dict)
-
-
-@torch.no_grad()
-def accuracy_and_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
-) -> tuple[float, float]:
-    """Top-1 accuracy (fraction) and mean cross-entropy (nats) of `model` on (x, y), eval mode."""
-    was_training = model.training
-    model.eval()
-    correct, loss_sum = 0, 0.0
-    try:
-        for start in range(0, x.shape[0], batch_size):
-            out = model(x[start : start + batch_size])
-            target = y[start : start + batch_size]
-            correct += int((out.argmax(dim=1) == target).sum())
-            loss_sum += float(nn.functional.cross_entropy(out, target, reduction="sum"))
-    finally:
-        model.train(was_training)
-    n = x.shape[0]
-    return correct / n, loss_sum / n
 
 
 class Condition(Component):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..registry import DIGITAL
 from .base import CONDITIONS, Condition, Measurement, accuracy_and_loss
 
 
-@CONDITIONS.register("digital")
+@CONDITIONS.register(DIGITAL)
 class DigitalCondition(Condition):
     """Accuracy and loss of the model as it is, in float32. Deterministic; the seed is unused."""
 

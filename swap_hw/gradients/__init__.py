@@ -1,8 +1,10 @@
 """Gradient sources. Importing this package registers every member in GRADIENT_SOURCES."""
 
-from .base import GRADIENT_SOURCES, GradientSet, GradientSource, per_sample_gradients
-from . import clean  # noqa: F401  (registers members)
-from . import adversarial, label_noise  # noqa: F401  (registers members)
-from . import analog, gaussian  # noqa: F401  (registers members)
+from ..registry import Registry
+from .base import GRADIENT_SOURCES, OVER_BUDGET, GradientSource
+from .gradient_set import GradientSet
+from .per_sample import per_sample_gradients
 
-__all__ = ["GRADIENT_SOURCES", "GradientSet", "GradientSource", "per_sample_gradients"]
+Registry.discover(__name__, __path__)
+
+__all__ = ["GRADIENT_SOURCES", "OVER_BUDGET", "GradientSet", "GradientSource", "per_sample_gradients"]

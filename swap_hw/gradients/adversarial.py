@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..attacks import AttackSettings, craft_adversarial, input_range_problem, perturbation_norms
+from ..noise.attacks import AttackSettings, craft_adversarial, input_range_problem, perturbation_norms
 from ..errors import ConfigError
 from ..seeding import derive_seed, torch_generator
 from .base import GRADIENT_SOURCES, GradientSource

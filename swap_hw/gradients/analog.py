@@ -1,7 +1,7 @@
 """`analog`: per-sample gradients through the model as programmed on simulated analog hardware.
 
 torch.func cannot differentiate through aihwkit tiles, so this source implements the
-`gradient_model` hook: the digital model is programmed on simulated tiles (swap_hw.hardware,
+`gradient_model` hook: the digital model is programmed on simulated tiles (swap_hw.noise.hardware,
 one programming draw seeded from the cell's seed), drifted to `drift_time` seconds, and a plain
 digital copy is built whose weights are the effective hardware weights
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..hardware import HardwareConfig, hardware_config_of, program
+from ..noise.hardware import HardwareConfig, hardware_config_of, program
 from ..seeding import derive_seed
 from .base import GRADIENT_SOURCES, GradientSource
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..component import Params
+from ..registry import Params
 from ..seeding import derive_seed, torch_generator
 from .base import GRADIENT_SOURCES, GradientSource
 

@@ -34,7 +34,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..component import Params
+from ..registry import Params
 from ..errors import ParameterError
 from ..seeding import derive_seed, torch_generator
 from .base import GRADIENT_SOURCES, GradientSource

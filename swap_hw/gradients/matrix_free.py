@@ -32,7 +32,8 @@ from torch import nn
 
 from ..errors import SwapHwError
 from ..layout import Layout
-from .base import GradientSet, per_sample_gradients
+from .gradient_set import GradientSet
+from .per_sample import per_sample_gradients
 
 DEFAULT_MEMORY_BUDGET_MB = 2048.0
 

@@ -69,11 +69,13 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import ConfigDict, Field
 
-from ..component import Params
-from ..gradients.base import GradientSet
+from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
+from ..registry import Params
 from ..transport import TransportResult
-from .base import Pruner, SolveOutput, hard_threshold_mask, kept_count
+from .base import Pruner, SolveOutput
+from .schedule import cubic_schedule
+from .selection import Budget, kept_count
 
 PlanProvider = Callable[[torch.Tensor], TransportResult]
 Direction = Literal["consistent", "reference"]
@@ -119,67 +121,6 @@ class RegressionParams(Params):
     scope: Literal["global", "layer"] = Field(
         "global", description="one top-k over all pruned layers (global) or the target sparsity per layer (layer)"
     )
-
-
-# --- sparsity budgets --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Where the k survivors may sit: one top-k per group (start, stop, k) of the flat vector."""
-
-    groups: tuple[tuple[int, int, int], ...]
-
-    @classmethod
-    def make(cls, layout: Layout, k: int, sparsity: float, scope: str) -> "Budget":
-        """Global: one group (0, d, k). Layer: each tensor keeps kept_count(numel, sparsity)."""
-        if scope == "global":
-            return cls(((0, layout.d, int(k)),))
-        return cls(tuple((s.offset, s.stop, kept_count(s.numel, sparsity)) for s in layout.slices))
-
-    @property
-    def kept(self) -> int:
-        return sum(k for _, _, k in self.groups)
-
-    @property
-    def keeps_all(self) -> bool:
-        return all(k >= stop - start for start, stop, k in self.groups)
-
-    def mask(self, v: torch.Tensor) -> torch.Tensor:
-        """Bool mask of H_k(v): exactly k per group, largest |v|, ties to the lower index."""
-        out = torch.zeros(v.numel(), dtype=torch.bool)
-        for start, stop, k in self.groups:
-            out[start:stop] = hard_threshold_mask(v[start:stop], k)
-        return out
-
-    def tau_c(self, w: torch.Tensor, b: torch.Tensor, support: torch.Tensor) -> float:
-        """The largest τ ≥ 0 for which the top-k support of w − τb is still `support` (per group).
-
-        Needs w zero off the support. For i ∈ S, |w_i − τ b_i| first meets τ·max_{j∉S}|b_j| at
-        τ_i = |w_i| / (b_i sign(w_i) + m) when that denominator is positive (never otherwise).
-        """
-        tau = math.inf
-        for start, stop, _ in self.groups:
-            s = support[start:stop]
-            bb = b[start:stop]
-            off = bb[~s]
-            m = float(off.abs().max()) if off.numel() else 0.0
-            wi, bi = w[start:stop][s], bb[s]
-            denom = bi * torch.sign(wi) + m
-            ok = denom > 0
-            if bool(ok.any()):
-                tau = min(tau, float((wi.abs()[ok] / denom[ok]).min()))
-        return tau
-
-
-def cubic_sparsities(target: float, stages: int) -> list[float]:
-    """s_t = s_T + (0 − s_T)(1 − (t−1)/(T−1))³ for t = 1..T (T = 1: [s_T]); the last is exact."""
-    T = int(stages)
-    if T == 1:
-        return [float(target)]
-    out = [target * (1.0 - (1.0 - (t - 1) / (T - 1)) ** 3) for t in range(1, T + 1)]
-    out[-1] = float(target)
-    return out
 
 
 # --- the solver --------------------------------------------------------------------------------
@@ -421,7 +362,7 @@ def solve_regression(
     plans = make_plans(prob.y)
     plan_log = _PlanLog()
     s_target = 1.0 - k / d if d else 0.0
-    sparsities = cubic_sparsities(s_target, settings.stages)
+    sparsities = cubic_schedule(s_target, settings.stages)
     w = w_ref.clone()
     support = torch.ones(d, dtype=torch.bool)
     stage_logs: list[dict[str, Any]] = []

@@ -1,9 +1,10 @@
 """Iterative prune–rewind–retrain pruners (`sap`, `lottery`) and the training context they need.
 
-These pruners cannot be one-shot ``prune(weights, grads, sparsity)`` calls: every iteration
-rewinds the surviving weights to their values at initialisation and trains again. They are called
-as ``pruner.prune_iterative(model, ctx, sparsity) -> PruneResult``; their `_solve` raises a
-ParameterError saying so. The shared loop (spec sap_pqi.md §3), with w_0 the initial weights and m
+These pruners are not a single solve on w̄: every iteration rewinds the surviving weights to
+their values at initialisation and trains again. They take the same call as every pruner,
+``pruner.prune(weights, None, sparsity, training=TrainingContext(model, ...))``, declare
+`needs_training` (so the caller must supply the context) and `schedules_itself` (so a protocol
+calls them once), and with ``sparsity: "auto"`` their own rule decides how far to go. The shared loop (spec sap_pqi.md §3), with w_0 the initial weights and m
 the mask (all ones at first):
 
     for t = 0, 1, ..., T:
@@ -28,86 +29,23 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from ..component import Params
-from ..deploy.base import accuracy_and_loss
 from ..errors import ParameterError
-from ..gradients.base import GradientSet
+from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
-from ..models import enforce_masks, train_model
-from ..pqi import DEFAULT_P, DEFAULT_Q, neuron_group_ids, pq_index_groups
+from ..models import accuracy_and_loss, enforce_masks, train_model
+from ..pqi import DEFAULT_P, DEFAULT_Q, pq_index_groups
+from ..registry import Params
 from ..seeding import derive_seed
-from .base import PruneResult, Pruner, SolveOutput, check_sparsity, kept_count, result_pqi_log
+from .base import PruneResult, Pruner, TrainingContext, result_pqi_log
+from .selection import cut_counts, kept_count, prune_smallest, scope_groups
 
 Scope = Literal["global", "layer", "neuron"]
-
-
-@dataclass
-class TrainingContext:
-    """Everything an iterative pruner needs besides the model to prune.
-
-    initial_state: w_0, the model's full state_dict at initialisation (before dense training);
-                   every iteration rewinds to it. Not modified.
-    x_train, y_train: the training split the pruner retrains on (never the test split).
-    epochs:        E, training epochs per iteration (a pruner's `epochs` Param overrides it), ≥ 1.
-    lr, batch_size, weight_decay: Adam settings of `swap_hw.models.train_model`.
-    seed:          root seed; iteration t trains with derive_seed(seed, "iterative-train", t), so
-                   sap and lottery see the same batches at the same iteration.
-    x_val, y_val:  optional validation split; its accuracy is recorded per iteration.
-    evaluate:      optional callable (model copy, iteration) → {metric: float}, recorded per
-                   iteration under "metrics" (e.g. accuracy on analog hardware).
-    train_accuracy: record accuracy on the training split per iteration.
-    retrain_dense: False = iteration 0 reuses the dense model passed to `prune_iterative` (it was
-                   trained from w_0 already); True = iteration 0 also rewinds and trains E epochs.
-    """
-
-    initial_state: Mapping[str, torch.Tensor]
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    epochs: int = 2
-    lr: float = 1e-3
-    batch_size: int = 64
-    seed: int = 0
-    weight_decay: float = 0.0
-    x_val: torch.Tensor | None = None
-    y_val: torch.Tensor | None = None
-    evaluate: Callable[[nn.Module, int], Mapping[str, float]] | None = None
-    train_accuracy: bool = True
-    retrain_dense: bool = False
-
-    def check(self, model: nn.Module) -> None:
-        if int(self.epochs) < 1:
-            raise ParameterError(f"TrainingContext.epochs must be ≥ 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ParameterError(f"TrainingContext.lr must be > 0, got {self.lr}")
-        if int(self.batch_size) < 1:
-            raise ParameterError(f"TrainingContext.batch_size must be ≥ 1, got {self.batch_size}")
-        if self.x_train.shape[0] != self.y_train.shape[0] or self.x_train.shape[0] == 0:
-            raise ParameterError(
-                f"training split needs as many labels as inputs (> 0), got {self.x_train.shape[0]} "
-                f"inputs and {self.y_train.shape[0]} labels"
-            )
-        if (self.x_val is None) != (self.y_val is None):
-            raise ParameterError("give both x_val and y_val, or neither")
-        own = model.state_dict()
-        missing = sorted(set(own) - set(self.initial_state))
-        extra = sorted(set(self.initial_state) - set(own))
-        if missing or extra:
-            raise ParameterError(
-                f"initial_state does not fit the model: missing {missing[:5]}, unexpected {extra[:5]}"
-            )
-        for name, value in own.items():
-            if tuple(self.initial_state[name].shape) != tuple(value.shape):
-                raise ParameterError(
-                    f"initial_state[{name!r}] has shape {tuple(self.initial_state[name].shape)}, "
-                    f"the model's has {tuple(value.shape)}"
-                )
 
 
 class IterativeParams(Params):
@@ -130,78 +68,17 @@ class IterativeParams(Params):
     )
 
 
-def scope_groups(layout: Layout, scope: str) -> tuple[torch.Tensor, int]:
-    """(group id of each flat weight, number of groups) for a scope."""
-    if scope == "global":
-        return torch.zeros(layout.d, dtype=torch.int64), 1
-    gid = torch.empty(layout.d, dtype=torch.int64)
-    n_groups = 0
-    for i, s in enumerate(layout.slices):
-        if scope == "layer":
-            gid[s.offset : s.stop] = i
-            n_groups = i + 1
-        elif scope == "neuron":
-            ids, n = neuron_group_ids(s.shape)
-            gid[s.offset : s.stop] = ids + n_groups
-            n_groups += n
-        else:
-            raise ParameterError(f"scope must be global, layer or neuron, got {scope!r}")
-    return gid, n_groups
-
-
-def prune_smallest(
-    w: torch.Tensor, mask: torch.Tensor, gid: torch.Tensor, counts: torch.Tensor
-) -> torch.Tensor:
-    """New mask: in each group g, the counts[g] surviving entries of smallest |w| are removed.
-
-    Ties go to the lower flat index. counts[g] must not exceed group g's survivors.
-    """
-    # Sort by |w| with non-survivors last, then (stably) by group: within each group the survivors
-    # come first in increasing |w|, so an entry is pruned when its rank in its group < counts[g].
-    score = torch.where(mask, w.abs().to(torch.float64), torch.full((), math.inf, dtype=torch.float64))
-    by_score = torch.sort(score, stable=True).indices
-    order = by_score[torch.sort(gid[by_score], stable=True).indices]
-    group_sizes = torch.bincount(gid, minlength=counts.numel())
-    starts = torch.cumsum(group_sizes, 0) - group_sizes
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    rank = rank - starts[gid]
-    return mask & ~(rank < counts[gid])
-
-
-def cut_counts(counts: torch.Tensor, total: int) -> torch.Tensor:
-    """Shrink per-group counts so they sum to exactly `total` (< their sum), proportionally.
-
-    Largest-remainder rounding: floor(c_g·total/Σc), then the leftover units go to the groups with
-    the largest fractional parts (lower group index first on ties); no group exceeds its c_g.
-    """
-    counts = counts.to(torch.int64)
-    whole = int(counts.sum())
-    if total >= whole:
-        return counts
-    exact = counts.to(torch.float64) * total / whole
-    base = torch.floor(exact).to(torch.int64)
-    leftover = total - int(base.sum())
-    frac = exact - base.to(torch.float64)
-    order = torch.sort(-frac, stable=True).indices
-    base[order[:leftover]] += 1
-    return base
-
-
 class IterativePruner(Pruner):
     """Base of prune–rewind–retrain pruners. Members implement `_group_prune_counts`."""
 
     needs_gradients: ClassVar[bool] = False
+    needs_training: ClassVar[bool] = True
+    schedules_itself: ClassVar[bool] = True
     Params: ClassVar[type[IterativeParams]] = IterativeParams
 
-    def _solve(
-        self, w_bar: torch.Tensor, grads: GradientSet | None, k: int, layout: Layout
-    ) -> SolveOutput:
-        raise ParameterError(
-            f"pruner {self.name!r} rewinds and retrains, so it needs a TrainingContext: call "
-            f"prune_iterative(model, TrainingContext(...), sparsity) instead of prune(weights, grads, "
-            f"sparsity)"
-        )
+    def target_sparsity(self, sparsity: float | str, weights) -> float | None:
+        """"auto" leaves the sparsity to the member's own rule (None); otherwise s ∈ [0, 1)."""
+        return None if sparsity == "auto" else super().target_sparsity(sparsity, weights)
 
     def _group_prune_counts(
         self, w: torch.Tensor, mask: torch.Tensor, gid: torch.Tensor, n_groups: int
@@ -209,23 +86,25 @@ class IterativePruner(Pruner):
         """(c_g for every group as int64 (n_groups,), extra fields for the iteration record)."""
         raise NotImplementedError
 
-    def prune_iterative(
+    def _prune(
         self,
-        model: nn.Module,
-        ctx: TrainingContext,
-        sparsity: float | None = None,
-        layout: Layout | None = None,
+        w_bar: torch.Tensor,
+        layout: Layout,
+        target: float | None,
+        grads: GradientSet | None,
+        training: TrainingContext | None,
     ) -> PruneResult:
-        """Run the prune–rewind–retrain loop on a copy of `model` (the dense trained model).
+        """Run the prune–rewind–retrain loop on a copy of `training.model` (the dense trained model).
 
-        sparsity None: prune by the member's own rule for T = `iterations` steps (stopping early
-        if the rule prunes nothing). sparsity s ∈ [0, 1): stop as soon as at most
+        target None ("auto"): prune by the member's own rule for T = `iterations` steps (stopping
+        early if the rule prunes nothing). target s ∈ [0, 1): stop as soon as at most
         k = floor(d·(1−s)) weights survive; the step that would overshoot is cut (proportionally
-        across groups, `cut_counts`) so that exactly k survive. If T steps do not reach s, the result stays at the sparsity
-        reached, with log["target_reached"] = False and a warning.
+        across groups, `cut_counts`) so that exactly k survive. If T steps do not reach s, the
+        result stays at the sparsity reached, with log["target_reached"] = False and a warning.
 
-        `layout` says which weights are prunable (default: every Linear/Conv weight of `model`);
-        the others (and biases, norm layers) are rewound and retrained but never pruned.
+        The `weights` handed to `prune` say which weights are prunable (their names and order; they
+        must be `training.model`'s own); the others (biases, norm layers, weights left out) are
+        rewound and retrained but never pruned.
 
         Returns PruneResult with masks (prunable weights), weights (EVERY parameter of the final
         retrained network, biases included, pruned entries exactly 0, so
@@ -235,18 +114,20 @@ class IterativePruner(Pruner):
         (one record per training), stopped ("iterations" | "target" | "rule"), target_reached,
         epochs_per_iteration, warnings.
         """
-        target = None if sparsity is None else check_sparsity(sparsity)
-        ctx.check(model)
+        ctx = training
+        model = ctx.model
+        ctx.check()
         params: IterativeParams = self.params  # type: ignore[assignment]
         epochs = int(params.epochs if params.epochs is not None else ctx.epochs)
-        layout = Layout.from_model(model) if layout is None else layout
         own = dict(model.named_parameters())
         for s in layout.slices:
             if s.name not in own or tuple(own[s.name].shape) != s.shape:
                 raise ParameterError(f"layout entry {s.name!r} {s.shape} is not a parameter of the model")
         if layout.d == 0:
             raise ParameterError("the model has no prunable weight (Linear/Conv weight)")
-        w_dense = layout.flatten(dict(model.named_parameters()))
+        if not torch.equal(layout.flatten(own), w_bar):
+            raise ParameterError("the weights to prune differ from training.model's own weights")
+        w_dense = w_bar
         k_target = None if target is None else kept_count(layout.d, target)
         gid, n_groups = scope_groups(layout, params.scope)
         mask = torch.ones(layout.d, dtype=torch.bool)
@@ -300,6 +181,7 @@ class IterativePruner(Pruner):
             weights[name] = value.clone().to(weights[name].dtype)
         buffers = {n: b.detach().clone() for n, b in net.named_buffers()}
         log = {
+            "protocol": "iterative",
             "pruner": self.describe(),
             "sparsity_target": target,
             "kept": kept,

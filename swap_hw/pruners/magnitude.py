@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..gradients.base import GradientSet
+from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
-from .base import PRUNERS, Pruner, SolveOutput, hard_threshold_mask
+from .base import PRUNERS, Pruner, SolveOutput
+from .selection import hard_threshold_mask
 
 
 @PRUNERS.register("magnitude")

@@ -36,10 +36,11 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..component import Params
-from ..gradients.base import GradientSet
+from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
-from .base import PRUNERS, Pruner, SolveOutput, hard_threshold_mask, kept_count
+from ..registry import Params
+from .base import PRUNERS, Pruner, SolveOutput
+from .selection import Budget
 
 
 class WoodburyFisher:
@@ -197,13 +198,8 @@ class WoodFisherPruner(Pruner):
         w = w_bar.reshape(-1).to(torch.float64)
         inv_diag = fisher.inverse_diagonal()
         scores = w * w / (2.0 * inv_diag)
-        if p.scope == "global":
-            mask = hard_threshold_mask(scores, k)
-        else:
-            sparsity = 1.0 - k / layout.d if layout.d else 0.0
-            mask = torch.zeros(layout.d, dtype=torch.bool)
-            for s in layout.slices:
-                mask[s.offset : s.stop] = hard_threshold_mask(scores[s.offset : s.stop], kept_count(s.numel, sparsity))
+        sparsity = 1.0 - k / layout.d if layout.d else 0.0
+        mask = Budget.make(layout, k, sparsity, p.scope).mask(scores)
         log = {"scope": p.scope, "score_min_kept": float(scores[mask].min()) if bool(mask.any()) else None}
         if p.update == "obs":
             delta_w = fisher.obs_update(w, ~mask)

@@ -43,8 +43,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .component import Params
-from .seeding import derive_seed, torch_global_seed
+from ..registry import Params
+from ..seeding import derive_seed, torch_global_seed
 
 AttackName = Literal["fgsm", "ffgsm", "bim", "pgd", "pgdl2", "mifgsm", "eotpgd", "apgd", "square"]
 

@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..registry import DENSE, DIGITAL
 from .report import LOWER_IS_BETTER, format_drift, t_interval
 
 Row = tuple[str, str, str]  # (source, pruner, sparsity_label)
@@ -88,7 +89,7 @@ class Comparison:
 
 
 def _only_source(rows: Iterable[Row]) -> str | None:
-    sources = {r[0] for r in rows if r[1] != "dense"}
+    sources = {r[0] for r in rows if r[1] != DENSE}
     return next(iter(sources)) if len(sources) == 1 else None
 
 
@@ -106,12 +107,12 @@ def compare_records(records_a: list[dict], records_b: list[dict], metric: str = 
     ka = {key(r): r for r in ma}
     kb = {key(r): r for r in mb}
     out: list[ComparedCell] = []
-    keys = sorted(set(ka) | set(kb), key=lambda k: (k[1] != "dense", k[0], _sparsity_sort(k[2]), k[1]))
+    keys = sorted(set(ka) | set(kb), key=lambda k: (k[1] != DENSE, k[0], _sparsity_sort(k[2]), k[1]))
     for k in keys:
         ra, rb = ka.get(k), kb.get(k)
         cols_a = ma.get(ra, {}) if ra else {}
         cols_b = mb.get(rb, {}) if rb else {}
-        cols = sorted(set(cols_a) | set(cols_b), key=lambda c: (c[0] != "digital", c[0], c[1] if c[1] is not None else -1))
+        cols = sorted(set(cols_a) | set(cols_b), key=lambda c: (c[0] != DIGITAL, c[0], c[1] if c[1] is not None else -1))
         for col in cols:
             a = cols_a.get(col)
             b = cols_b.get(col)
@@ -166,7 +167,7 @@ def render_comparison(comparison: Comparison, name_a: str, name_b: str, console=
     table = Table(title=f"{metric}{unit}: A = {name_a}  vs  B = {name_b}",
                   caption="mean ± 95% CI over replicates; Δ = B − A (paired by replicate when both runs hold "
                           "the same replicates, else Welch); bold = CI excludes 0")
-    show_source = len({c.source for c in comparison.cells if c.pruner != "dense"}) > 1 or not comparison.matched_on_source
+    show_source = len({c.source for c in comparison.cells if c.pruner != DENSE}) > 1 or not comparison.matched_on_source
     if show_source:
         table.add_column("source")
     for col in ("pruner", "sparsity", "condition"):

@@ -86,9 +86,9 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
 
-from .component import Params
-from .errors import ParameterError
-from .seeding import torch_global_seed
+from ..registry import Params
+from ..errors import ParameterError
+from ..seeding import torch_global_seed
 
 NoiseModelName = Literal["pcm", "reram_wan2022", "reram_cmo", "custom"]
 
@@ -424,7 +424,7 @@ class AnalogModel:
 
     def digital_copy(self) -> nn.Module:
         """A plain torch model (eval mode) computing with W_hw and the digital biases."""
-        from .models import apply_weights
+        from ..models import apply_weights
 
         return apply_weights(self._digital, self.effective_weights())
 
@@ -453,7 +453,7 @@ class AnalogModel:
 
         Seeded because IO noise (out_noise) draws from the global RNG on every forward.
         """
-        from .deploy.base import accuracy_and_loss
+        from ..models.evaluate import accuracy_and_loss
 
         with torch_global_seed(seed):
             return accuracy_and_loss(self.analog, x, y)

@@ -119,14 +119,25 @@ def _jsonable(obj: Any) -> Any:
 
 
 class Store:
-    def __init__(self, path: str | Path):
+    """The results database at `path`. `read_only`: open an existing file without creating,
+    migrating or writing anything (for looking, e.g. `run --dry-run`)."""
+
+    def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
     def close(self) -> None:
         self.conn.close()
@@ -214,6 +225,9 @@ class Store:
     # --- cells --------------------------------------------------------------------------------
 
     def done_keys(self, keys: Iterable[str] | None = None) -> set[str]:
+        """The keys of finished cells (among `keys`, or all)."""
+        if self.read_only and not self._has_table("cells"):  # not (yet) a results database
+            return set()
         if keys is None:
             return {r[0] for r in self.conn.execute("SELECT cell_key FROM cells")}
         keys = list(keys)
@@ -265,6 +279,18 @@ class Store:
             d.update({f"tag_{k}": v for k, v in tags.items()})
             out.append(d)
         return out
+
+    def finished_cell(self, run_id: str, pruner: str, source: str, sparsity_label: str, seed: int) -> dict | None:
+        """One finished cell of a run by its labels (any of its conditions): realised sparsity and
+        prune log, or None."""
+        row = self.conn.execute(
+            "SELECT c.sparsity, c.prune_log_json FROM run_cells rc JOIN cells c ON c.cell_key = rc.cell_key"
+            " WHERE rc.run_id=? AND c.pruner=? AND c.source=? AND c.sparsity_label=? AND c.seed=? LIMIT 1",
+            (run_id, pruner, source, sparsity_label, int(seed))).fetchone()
+        if row is None:
+            return None
+        return {"sparsity": row["sparsity"],
+                "prune_log": json.loads(row["prune_log_json"]) if row["prune_log_json"] else None}
 
     def cell_logs(self, run_id: str) -> list[dict]:
         rows = self.conn.execute(

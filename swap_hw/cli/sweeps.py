@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import SwapHwError
+from ..errors import SwapHwError
 
 
 def add_run_arguments(run: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_export_parser(sub) -> None:
 def executor_from_args(args):
     import torch
 
-    from .executors import make_executor
+    from ..sweep.executors import make_executor
 
     if args.threads < 1:
         raise SwapHwError(f"--threads must be at least 1, got {args.threads}")
@@ -57,8 +57,8 @@ def dry_run(scenario, db: str | None, console) -> int:
     """Print every planned cell with whether it is done, and the totals. Touches nothing."""
     from rich.table import Table
 
-    from .executors import cell_labels, plan_status
-    from .runner import group_cells
+    from ..sweep.executors import plan_status
+    from ..sweep.plan import cell_labels, group_cells
 
     status = plan_status(scenario, db)
     table = Table(title=f"{scenario.name}: planned cells (dry run, nothing computed)")
@@ -88,8 +88,8 @@ def _resolve(store, prefix: str, db: str) -> str:
 def report_compare(args, store) -> int:
     import json
 
-    from .compare import compare_records, comparison_as_dicts, render_comparison
-    from .report import make_console
+    from ..results.compare import compare_records, comparison_as_dicts, render_comparison
+    from ..results.report import make_console
 
     ids = [_resolve(store, prefix, args.db) for prefix in args.compare]
     runs = [store.run(i) for i in ids]
@@ -120,8 +120,8 @@ def report_compare(args, store) -> int:
 def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) -> None:
     import sys
 
-    from .plots import _slug, write_plots
-    from .plots_pqi import plot_pqi_curve
+    from ..results.plots import _slug, write_plots
+    from ..results.plots_pqi import plot_pqi_curve
 
     paths = write_plots(records, out_dir, metric=metric, title=title)
     # Iterative pruners (sap, lottery) log every prune–retrain round: PQI and accuracy against the
@@ -145,8 +145,8 @@ def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) ->
 def cmd_export(args) -> int:
     from rich.table import Table
 
-    from .export import export_pruned
-    from .report import make_console
+    from ..sweep.export import export_pruned
+    from ..results.report import make_console
 
     if not Path(args.db).is_file():
         raise SwapHwError(f"{args.db}: no results database here (run a scenario first, or pass --db)")

@@ -10,8 +10,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import cli_sweeps
-from .errors import SwapHwError
+from . import sweeps as cli_sweeps
+from ..errors import SwapHwError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 def _open_store(db: str):
     from pathlib import Path
 
-    from .store import Store
+    from ..results.store import Store
 
     if not Path(db).is_file():
         raise SwapHwError(f"{db}: no results database here (run a scenario first, or pass --db)")
@@ -58,8 +58,8 @@ def _open_store(db: str):
 
 
 def cmd_validate(args) -> int:
-    from .config import load_scenario
-    from .runner import plan_cells
+    from ..config import load_scenario
+    from ..sweep.run import plan_cells
 
     scenario = load_scenario(args.scenario, args.overrides)
     print(f"{args.scenario}: valid — {len(plan_cells(scenario))} cells "
@@ -70,11 +70,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import load_scenario
+    from ..config import load_scenario
     from .progress import ProgressReporter
-    from .report import make_console, render_table, summarize
-    from .runner import run_scenario
-    from .store import Store
+    from ..results.report import make_console, render_table, summarize
+    from ..sweep.run import run_scenario
+    from ..results.store import Store
 
     scenario = load_scenario(args.scenario, args.overrides)  # validates everything before any work
     console = make_console()
@@ -94,7 +94,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import records_csv, records_json, render_table, summarize
+    from ..results.report import records_csv, records_json, render_table, summarize
 
     with _open_store(args.db) as store:
         if args.compare:
@@ -112,7 +112,7 @@ def cmd_report(args) -> int:
     if args.format == "table":
         render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
         if args.layers:
-            from .report import layer_rows, render_layers
+            from ..results.report import layer_rows, render_layers
 
             render_layers(layer_rows(cell_logs), title=f"per-layer sparsity and PQ index — run {run_id}")
         return 0
@@ -130,7 +130,7 @@ def cmd_runs(args) -> int:
 
     from rich.table import Table
 
-    from .report import make_console
+    from ..results.report import make_console
 
     with _open_store(args.db) as store:
         runs = store.runs()

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ParameterError
+from ..errors import ParameterError
 
 
 def _series(iterations: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

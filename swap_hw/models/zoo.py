@@ -32,9 +32,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from .errors import SwapHwError
-from .layout import PRUNABLE_TYPES
-from .models import ARCHITECTURES
+from ..errors import SwapHwError
+from ..layout import PRUNABLE_TYPES
 
 
 class _Options(BaseModel):
@@ -320,5 +319,3 @@ def prunable_count(model: nn.Module, choice: str | Iterable[str] = "default") ->
     params = dict(model.named_parameters())
     return sum(math.prod(params[n].shape) for n in prunable_names(model, choice))
 
-
-ARCHITECTURES.update({"resnet20": ResNet20, "mobilenetv1": MobileNetV1, "cnn": SmallCNN})

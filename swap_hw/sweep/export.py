@@ -3,12 +3,10 @@
 The pruned weights are recomputed, not stored: storing every pruned model of a sweep would make
 the database grow by one model per (pruner, sparsity, source, replicate), thousands for a real
 sweep, for the few models anyone exports. Recomputation is exact because every draw is seeded
-from the run's root seed (runner.Seeds): the scenario is rebuilt from the resolved configuration
+from the run's root seed (plan.Seeds): the scenario is rebuilt from the resolved configuration
 saved in the runs table, `prepare()` loads (or deterministically retrains) the same dense model,
-and the cell is computed again by the runner's own `execute_unit` — so whatever the runner does
-(one-shot, multi-stage, gradual, iterative) export does too — with the deployment conditions replaced
-by one that only keeps the model it is handed, and the pruner's `prune`/`prune_iterative` calls
-recorded to keep the masks. The runner records a content digest of every pruned weight set (prune
+and the cell's pruned model is computed again by `prune_cell`, the function the run itself used —
+so whatever the run did (one-shot, multi-stage, gradual, iterative) export does too. The run records a content digest of every pruned weight set (prune
 log `weights_sha`); the recomputed weights must match it bit for bit, or export refuses (e.g. after
 a code change that alters what a pruner computes).
 
@@ -23,8 +21,6 @@ and its build arguments). It loads with ``torch.load(path, weights_only=True)``;
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import math
 import os
@@ -35,14 +31,12 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 
-from .config import Scenario, parse_scenario_text
-from .deploy.base import Condition
-from .digest import tensors_digest
-from .errors import SwapHwError
-from .pruners.base import PruneResult
-from .store import Store
+from ..config import Scenario, parse_scenario_text, sparsity_label
+from ..errors import SwapHwError
+from ..results.store import Store
+from .cell import PrunedCell, prune_cell
+from .prepare import Prepared, prepare
 
 
 def scenario_of_run(store: Store, run_id: str) -> Scenario:
@@ -82,64 +76,19 @@ def _pick_sparsity(wanted: str, sparsities: list) -> float | str:
                     return s
             except ValueError:
                 break
-    valid = ", ".join("auto" if s == "auto" else f"{float(s):g}" for s in sparsities)
+    valid = ", ".join(sparsity_label(s) for s in sparsities)
     raise SwapHwError(f"--sparsity {wanted!r} is not a sparsity of the run; valid: {valid}")
 
 
-class _KeepModel(Condition):
-    """A stand-in deployment condition: keeps the model it is asked to evaluate, measures nothing."""
+def recompute_cell(scenario: Scenario, source: int, pruner: int, sparsity: float | str,
+                   replicate: int) -> tuple[PrunedCell, Prepared]:
+    """Compute one cell's pruned model again, exactly as its run did: (the PrunedCell, Prepared).
 
-    name = "export"
-
-    def __init__(self):
-        super().__init__()
-        self.model: nn.Module | None = None
-
-    def evaluate(self, model: nn.Module, test, seed: int) -> list:
-        self.model = model
-        return []
-
-
-def _recording(method, results: list):
-    def call(*args, **kwargs):
-        out = method(*args, **kwargs)
-        results.append(out)
-        return out
-
-    return call
-
-
-def recompute_cell(scenario: Scenario, source: int, pruner: int, sparsity: float | str, replicate: int):
-    """Compute one cell again through the runner: (pruned model, PruneResult, prune log, Prepared).
-
-    `source`, `pruner` index the scenario's members; `sparsity` is one of its sparsities; the
-    model is exactly the one the runner's conditions evaluated for (source, pruner, sparsity,
-    replicate), every seed derived as in the run.
+    `source`, `pruner` index the scenario's members; `sparsity` is one of its sparsities. The
+    masks are what every stage kept and the weights the final model's (fine-tuned, for gradual).
     """
-    from .runner import CellSpec, WorkUnit, execute_unit, prepare
-
-    results: list = []
-    recorded = copy.copy(scenario.pruners[pruner])  # the scenario's own member stays untouched
-    for method in ("prune", "prune_iterative"):
-        bound = getattr(recorded, method, None)
-        if bound is not None:
-            setattr(recorded, method, _recording(bound, results))
-    keep = _KeepModel()
-    pruners = list(scenario.pruners)
-    pruners[pruner] = recorded
-    probe = dataclasses.replace(scenario, pruners=tuple(pruners), conditions=(keep,))
-    prep = prepare(probe)
-    cell = CellSpec("export", int(replicate), int(source), int(pruner), sparsity, 0)
-    records = list(execute_unit(prep, WorkUnit(int(replicate), int(source), (cell,)), {"export"}))
-    if len(records) != 1 or keep.model is None or not results:
-        raise SwapHwError("the runner did not produce the cell's pruned model")  # a bug, not user input
-    # The staged protocols (multi_stage, gradual) call the pruner once per stage and keep only what
-    # every stage kept; the final weights are the model's (fine-tuned, for gradual), not the last call's.
-    masks = {name: torch.stack([r.masks[name].to(torch.bool) for r in results]).all(0) for name in results[-1].masks}
-    params = dict(keep.model.named_parameters())
-    weights = {name: params[name].detach().clone() for name in masks}
-    final = PruneResult(masks=masks, weights=weights, log=results[-1].log, buffers=results[-1].buffers)
-    return keep.model, final, records[0].prune_log or {}, prep
+    prep = prepare(scenario)
+    return prune_cell(prep, int(source), int(pruner), sparsity, int(replicate)), prep
 
 
 @dataclass
@@ -166,19 +115,17 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
         target_label = _pick_sparsity(str(sparsity), list(scenario.spec.sparsities))
         if not (0 <= int(seed) < scenario.spec.repeats):
             raise SwapHwError(f"--seed {seed} is not a replicate of the run; valid: 0 to {scenario.spec.repeats - 1}")
-        label = "auto" if target_label == "auto" else f"{float(target_label):g}"
+        label = sparsity_label(target_label)
         pruner_c, source_c = scenario.pruners[pi], scenario.sources[si]
-        row = store.conn.execute(
-            "SELECT c.sparsity, c.prune_log_json FROM run_cells rc JOIN cells c ON c.cell_key = rc.cell_key"
-            " WHERE rc.run_id=? AND c.pruner=? AND c.source=? AND c.sparsity_label=? AND c.seed=? LIMIT 1",
-            (run_id, pruner_c.label, source_c.label, label, int(seed))).fetchone()
+        row = store.finished_cell(run_id, pruner_c.label, source_c.label, label, int(seed))
     if row is None:
         raise SwapHwError(f"run {run_id} holds no finished cell for pruner {pruner_c.label}, source "
                           f"{source_c.label}, sparsity {label}, seed {seed} (run the scenario to finish it)")
-    stored_log = json.loads(row["prune_log_json"]) if row["prune_log_json"] else {}
+    stored_log = row["prune_log"] or {}
 
-    model, result, log, prep = recompute_cell(scenario, si, pi, target_label, int(seed))
-    digest = log.get("weights_sha") or tensors_digest(result.weights)
+    cell, prep = recompute_cell(scenario, si, pi, target_label, int(seed))
+    model, result, log = cell.model, cell.result, cell.log
+    digest = log["weights_sha"]
     expected = stored_log.get("weights_sha")
     if expected is not None and digest != expected:
         raise SwapHwError(f"recomputed weights ({digest}) differ from the ones the run evaluated ({expected}); "

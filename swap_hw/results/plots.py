@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from ..registry import DENSE, DIGITAL
 from .compare import replicate_means
 from .report import format_drift, t_interval
 
@@ -82,11 +83,11 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
         if r["metric"] == metric and r["sparsity"] is not None:
             realised[(r["source"], r["pruner"], r["sparsity_label"])].append(r["sparsity"])
 
-    pruned_rows = [row for row in means if row[1] != "dense"]
-    dense_rows = [row for row in means if row[1] == "dense"]
+    pruned_rows = [row for row in means if row[1] != DENSE]
+    dense_rows = [row for row in means if row[1] == DENSE]
     sources = sorted({row[0] for row in pruned_rows})
     pruners = list(dict.fromkeys(row[1] for row in sorted(pruned_rows, key=lambda r: r[1])))
-    conditions = sorted({col[0] for cols in means.values() for col in cols}, key=lambda c: (c != "digital", c))
+    conditions = sorted({col[0] for cols in means.values() for col in cols}, key=lambda c: (c != DIGITAL, c))
     colors = _colors(len(pruners))
     paths: list[Path] = []
 
@@ -124,7 +125,7 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                                     label=f"{pruner}, auto sparsity")
                 dense = dense_stat(col)
                 if dense is not None:
-                    ax.axhline(dense[0], color="0.3", linestyle="--", linewidth=1, label="dense")
+                    ax.axhline(dense[0], color="0.3", linestyle="--", linewidth=1, label=DENSE)
                     if dense[1] > 0:
                         ax.axhspan(dense[0] - dense[1], dense[0] + dense[1], color="0.5", alpha=0.12, linewidth=0)
                 panel = [] if len(sources) <= 1 else [source]
@@ -162,7 +163,7 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                 dense_pts = [(t, *dense_stat((cond, t))) for t in times if dense_stat((cond, t)) is not None]
                 if dense_pts:
                     _band(ax, [t for t, _, _ in dense_pts], [m for _, m, _ in dense_pts], [c for _, _, c in dense_pts],
-                          "0.3", "dense", linestyle="--")
+                          "0.3", DENSE, linestyle="--")
                 if positive:
                     ax.set_xscale("log")
                 else:

@@ -1,6 +1,6 @@
 """Executors: where the work units of a sweep are computed. Results are always written by the caller.
 
-A sweep is a list of `WorkUnit`s (runner.group_cells): the cells of one (replicate, gradient
+A sweep is a list of `WorkUnit`s (plan.group_cells): the cells of one (replicate, gradient
 source) that share one set of calibration gradients, or the dense reference cells of a replicate.
 An executor turns units into finished `CellRecord`s; `run_scenario` (the coordinator) writes each
 record to the store in its own transaction, so no worker ever touches the database and a unit that
@@ -21,7 +21,7 @@ is lost with its worker is simply computed again (by the executor, or by the nex
   worker's dense model has the same content digest as the coordinator's and fails loudly if not.
 
 Determinism: every draw of a cell is seeded from the scenario's root seed and the cell's purpose
-(runner.Seeds), never from the process or the order, so all executors give the same records.
+(plan.Seeds), never from the process or the order, so all executors give the same records.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import concurrent.futures as cf
 import logging
 import multiprocessing as mp
 import os
-import sqlite3
 import uuid
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -38,11 +37,14 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .config import Scenario
-from .digest import tensors_digest
-from .errors import SwapHwError
-from .runner import CellSpec, Prepared, WorkUnit, execute_unit, plan_cells, prepare
-from .store import CellRecord
+from ..config import Scenario
+from ..digest import tensors_digest
+from ..errors import SwapHwError
+from ..registry import DENSE
+from .cell import execute_unit
+from .plan import CellSpec, WorkUnit, plan_cells
+from .prepare import Prepared, prepare
+from ..results.store import CellRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ def _pool_context(start_method: str | None):
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
         # import torch, swap_hw and scikit-learn's loaders once in the fork server, not in every worker
-        ctx.set_forkserver_preload(["swap_hw.executors", "sklearn.datasets"])
+        ctx.set_forkserver_preload(["swap_hw.sweep.executors", "sklearn.datasets"])
     return ctx
 
 
@@ -275,7 +277,7 @@ class DaskExecutor(Executor):
         token = uuid.uuid4().hex[:8]
         futures = [client.submit(compute_unit, scenario, unit, keys, digest, self.torch_threads, pure=False,
                                  retries=self.retries,
-                                 key=f"swap_hw-unit-{token}-r{unit.replicate}-s{'dense' if unit.source is None else unit.source}")
+                                 key=f"swap_hw-unit-{token}-r{unit.replicate}-s{DENSE if unit.source is None else unit.source}")
                    for unit, keys in pending]
         try:
             for fut in as_completed(futures):
@@ -317,18 +319,6 @@ def make_executor(kind: str = "local", workers: int = 1, address: str | None = N
 # the plan, for --dry-run
 
 
-def cell_labels(scenario: Scenario, cell: CellSpec) -> dict[str, Any]:
-    """Display labels of one planned cell (replicate, source, pruner, sparsity, condition)."""
-    sparsity = "auto" if cell.sparsity == "auto" else f"{float(cell.sparsity):g}"
-    return {
-        "replicate": cell.replicate,
-        "source": "-" if cell.source is None else scenario.sources[cell.source].label,
-        "pruner": "dense" if cell.pruner is None else scenario.pruners[cell.pruner].label,
-        "sparsity": sparsity,
-        "condition": scenario.conditions[cell.condition].label,
-    }
-
-
 def plan_status(scenario: Scenario, db: str | Path | None = None) -> list[tuple[CellSpec, bool]]:
     """Every planned cell with whether the results database already holds it. Reads only: a
     missing database is not created (nothing is done)."""
@@ -336,16 +326,6 @@ def plan_status(scenario: Scenario, db: str | Path | None = None) -> list[tuple[
     path = Path(db or scenario.spec.output.db)
     done: set[str] = set()
     if path.is_file():
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        try:
-            has_cells = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='cells'").fetchone()
-            if has_cells:
-                keys = [c.key for c in cells]
-                for i in range(0, len(keys), 500):
-                    chunk = keys[i : i + 500]
-                    q = f"SELECT cell_key FROM cells WHERE cell_key IN ({','.join('?' * len(chunk))})"
-                    done.update(r[0] for r in conn.execute(q, chunk))
-        finally:
-            conn.close()
+        with Store(path, read_only=True) as store:
+            done = store.done_keys(c.key for c in cells)
     return [(c, c.key in done) for c in cells]
-

@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..registry import DENSE, DIGITAL
 from .store import RECORD_FIELDS
 
 LOWER_IS_BETTER = {"loss"}
@@ -125,7 +126,7 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
             realised[row][(r["seed"], r["cell_key"])] = r["sparsity"]
         col = (r["condition"], r["drift_time"], _extra_tags(r))
         per_seed[row][col][r["seed"]].append(r["value"])
-        if r.get("protocol") and r["pruner"] != "dense":  # the dense row is not pruned by any protocol
+        if r.get("protocol") and r["pruner"] != DENSE:  # the dense row is not pruned by any protocol
             protocols[row].add(r["protocol"])
         pruner_order.setdefault(r["pruner"], len(pruner_order))
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]] = {}
@@ -138,16 +139,16 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
             cells[row][col] = (m, ci, len(means))
             columns.add(col)
     cond_order: dict[str, int] = {}
-    for r in sorted(columns, key=lambda c: (c[0] != "digital", c[0])):
+    for r in sorted(columns, key=lambda c: (c[0] != DIGITAL, c[0])):
         cond_order.setdefault(r[0], len(cond_order))
     ordered_cols = sorted(columns, key=lambda c: (cond_order[c[0]], c[1] if c[1] is not None else -1,
                                                   _tag_sort(c[2])))
-    rows = sorted(cells, key=lambda r: (r[1] != "dense", r[0], _sparsity_sort(r[2]), r[1]))
+    rows = sorted(cells, key=lambda r: (r[1] != DENSE, r[0], _sparsity_sort(r[2]), r[1]))
     best: set[tuple[tuple, tuple]] = set()
     sign = -1 if metric in LOWER_IS_BETTER else 1
     blocks: dict[tuple, list[tuple]] = defaultdict(list)
     for row in rows:
-        if row[1] != "dense":
+        if row[1] != DENSE:
             blocks[(row[0], row[2])].append(row)
     for block_rows in blocks.values():
         if len(block_rows) < 2:
@@ -175,7 +176,7 @@ def render_table(summary: Summary, title: str = "", console=None) -> None:
     console = console or make_console()
     unit = " (%)" if summary.metric == "accuracy" else ""
     table = Table(title=title or None, caption=f"{summary.metric}{unit}, mean ± 95% CI over replicates, ★ = best at that sparsity")
-    show_source = len({r[0] for r in summary.rows if r[1] != "dense"}) > 1
+    show_source = len({r[0] for r in summary.rows if r[1] != DENSE}) > 1
     if show_source:
         table.add_column("source")
     table.add_column("pruner")

@@ -1,6 +1,4 @@
-"""Pruning protocols: `one_shot`, `multi_stage` (no training) and `gradual` (prune → fine-tune).
-
-one_shot — prune once: ``pruner.prune(w̄, X, s)`` with X collected at the dense weights, evaluate.
+"""The staged schedule shared by the `multi_stage` and `gradual` protocols.
 
 multi_stage — one-shot in the CBS / CHITA++ sense (no training at all): T stages on the cubic
 schedule, the calibration gradients RE-COLLECTED at the current pruned weights before each stage.
@@ -11,7 +9,7 @@ the model accurate there (measured: docs/pruners.md, "Re-collecting gradients").
 gradual — what the SWAP paper's headline numbers include (specs/swap.md §2): multi_stage plus E
 epochs of masked fine-tuning after each stage.
 
-With T stages on the cubic schedule
+With T stages on the cubic schedule (pruners/schedule.py)
 
     s_t = s_T + (s_0 − s_T)·(1 − (t−1)/(T−1))³,   t = 1..T,   s_0 = 0   (T = 1: just s_T)
 
@@ -44,15 +42,14 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 from torch import nn
 
-from .errors import ParameterError
-from .gradients.base import GradientSet, GradientSource
-from .gradients.matrix_free import mask_gradient_columns
-from .layout import Layout
-from .models import enforce_masks, train_model
-from .pruners.base import PruneResult, Pruner, check_sparsity, result_pqi_log
-from .seeding import derive_seed
-
-PROTOCOLS = ("one_shot", "multi_stage", "gradual")
+from ..errors import ParameterError
+from ..gradients import GradientSet, GradientSource
+from ..gradients.matrix_free import mask_gradient_columns
+from ..layout import Layout
+from ..models import enforce_masks, train_model
+from ..pruners.base import PruneResult, Pruner, result_pqi_log
+from ..pruners.schedule import check_sparsity, cubic_schedule
+from ..seeding import derive_seed
 
 
 class FinetuneSettings(Protocol):
@@ -63,23 +60,6 @@ class FinetuneSettings(Protocol):
     lr: float
     batch_size: int
     weight_decay: float
-
-
-def cubic_schedule(target: float, stages: int, initial: float = 0.0) -> list[float]:
-    """[s_1, …, s_T]: s_t = s_T + (s_0 − s_T)(1 − (t−1)/(T−1))³ with s_0 = `initial`, s_T = `target`.
-
-    Sparsities are fractions in [0, 1); the sequence rises from s_0 to exactly s_T, fastest at
-    first. T = 1 gives [target].
-    """
-    if int(stages) < 1:
-        raise ParameterError(f"stages must be ≥ 1, got {stages}")
-    target, initial = check_sparsity(target), check_sparsity(initial)
-    T = int(stages)
-    if T == 1:
-        return [target]
-    out = [target + (initial - target) * (1.0 - (t - 1) / (T - 1)) ** 3 for t in range(1, T + 1)]
-    out[-1] = target  # exact, whatever the float rounding of the formula
-    return out
 
 
 def _stage_summary(log: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,7 +110,7 @@ def prune_staged(
     protocol = "multi_stage" if finetune is None else "gradual"
     if finetune is not None and train_split is None:
         raise ParameterError("the gradual protocol needs the train_split it fine-tunes on")
-    if hasattr(pruner, "prune_iterative"):
+    if pruner.schedules_itself:
         raise ParameterError(
             f"pruner {pruner.name!r} runs its own prune–retrain loop; the {protocol} protocol applies to "
             "one-shot pruners (magnitude, lr, swap, woodfisher)"

@@ -1,8 +1,5 @@
-"""Model architectures, dense training (cached on disk), masked fine-tuning, applying results.
-
-Architectures are built from (input_shape, n_classes) so one scenario file works on any dataset.
-`MLPNet` is the paper's first benchmark network: input → 40 → 20 → classes with ReLU.
-"""
+"""Dense training (cached on disk by content), masked fine-tuning, applying a pruner's weights,
+loading a user's checkpoint."""
 
 from __future__ import annotations
 
@@ -17,43 +14,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .errors import SwapHwError
-from .seeding import torch_generator
-
-
-class MLPNet(nn.Module):
-    """Fully connected ReLU network; `hidden=(40, 20)` is the SWAP/CBS paper's MLPNet."""
-
-    def __init__(self, input_shape: tuple[int, ...], n_classes: int, hidden: tuple[int, ...] = (40, 20)):
-        super().__init__()
-        in_features = 1
-        for s in input_shape:
-            in_features *= int(s)
-        dims = [in_features, *hidden, n_classes]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for i in range(len(dims) - 1):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < len(dims) - 2:
-                layers.append(nn.ReLU())
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-# name → builder(input_shape, n_classes, **options). Other modules add architectures here.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlpnet": MLPNet}
-
-
-def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int, seed: int, **options) -> nn.Module:
-    """A freshly initialised model; initialisation is seeded (torch's global RNG, restored after)."""
-    from .seeding import torch_global_seed
-
-    if arch not in ARCHITECTURES:
-        raise SwapHwError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
-    with torch_global_seed(seed):
-        model = ARCHITECTURES[arch](tuple(input_shape), int(n_classes), **options)
-    return model
+from ..errors import SwapHwError
+from ..seeding import torch_generator
 
 
 def enforce_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -166,8 +128,3 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
         raise SwapHwError(f"checkpoint {path} does not fit the configured architecture: {first}") from None
     model.eval()
     return model
-
-
-# The zoo (resnet20, mobilenetv1, cnn) registers itself into ARCHITECTURES; imported last so that
-# `from .models import ARCHITECTURES` inside it finds this module fully defined.
-from . import zoo as _zoo  # noqa: E402,F401

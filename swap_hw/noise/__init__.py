@@ -1,0 +1,1 @@
+"""Deployment-side noise: the only modules that import aihwkit (hardware) and torchattacks (attacks)."""

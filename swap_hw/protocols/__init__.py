@@ -1,0 +1,10 @@
+"""Protocols: how a pruner is scheduled (one_shot, multi_stage, gradual). Importing this package
+registers every member in PROTOCOLS."""
+
+from ..registry import Registry
+from .base import PROTOCOLS, PruneJob, PruningProtocol
+from .staged import prune_staged
+
+Registry.discover(__name__, __path__)
+
+__all__ = ["PROTOCOLS", "PruneJob", "PruningProtocol", "prune_staged"]

@@ -1,0 +1,153 @@
+"""Computing cells: `prune_cell` gives the pruned model of one (source, pruner, sparsity,
+replicate); `execute_unit` computes the unfinished cells of a work unit and yields their records.
+
+Work is shared inside a unit: the calibration gradients are collected once per (source, replicate)
+and reused by every pruner and sparsity; each pruned model is evaluated under every condition.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..config import Scenario, sparsity_label
+from ..deploy import Condition, Measurement
+from ..digest import tensors_digest
+from ..gradients import GradientSet
+from ..layout import Layout
+from ..models import accuracy_and_loss
+from ..protocols import PruneJob
+from ..pruners import PruneResult, TrainingContext
+from ..registry import DENSE
+from ..results.store import CellRecord
+from .plan import CellSpec, WorkUnit
+from .prepare import Prepared
+
+
+@dataclass
+class PrunedCell:
+    """One cell's pruned model (what its conditions evaluate), its PruneResult, and the prune log
+    stored with the cell (the result's log plus timings and the weights' digest)."""
+
+    model: nn.Module
+    result: PruneResult
+    log: dict[str, Any]
+
+
+def training_context(prep: Prepared, replicate: int) -> TrainingContext:
+    """The TrainingContext of a replicate, for pruners that rewind and retrain (sap, lottery).
+
+    They retrain with the scenario's dense-training settings on the training split. Their
+    per-iteration test accuracy is recorded for the PQI plots only: no checkpoint is ever chosen
+    on the test split (the last epoch of every iteration is used).
+    """
+    t = prep.scenario.spec.model.train
+    x_test, y_test = prep.splits.test
+
+    def test_accuracy(model: nn.Module, iteration: int) -> dict[str, float]:
+        return {"test_accuracy": accuracy_and_loss(model, x_test, y_test)[0]}
+
+    return TrainingContext(model=prep.dense, initial_state=prep.init_state, x_train=prep.splits.x_train,
+                           y_train=prep.splits.y_train, lr=t.lr, batch_size=t.batch_size,
+                           weight_decay=t.weight_decay, seed=prep.seeds.prune(replicate), evaluate=test_accuracy)
+
+
+def calibration_batch(prep: Prepared, replicate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return prep.splits.calibration(prep.scenario.spec.calibration.n, prep.seeds.calibration(replicate))
+
+
+def prune_cell(prep: Prepared, source: int, pruner: int, sparsity: float | str, replicate: int, *,
+               batch: tuple[torch.Tensor, torch.Tensor] | None = None, grads: GradientSet | None = None,
+               gradient_seconds: float = 0.0) -> PrunedCell:
+    """The pruned model of cell (source, pruner, sparsity, replicate) of `prep`'s scenario.
+
+    `source` and `pruner` index the scenario's members, `sparsity` is one of its sparsities. The
+    scenario's protocol schedules the pruner; every seed derives from the run's root seed, so the
+    same cell gives the same model in any process. `batch` / `grads`: the replicate's calibration
+    batch and the gradients at the dense model, when the caller already has them (a work unit
+    shares them); otherwise drawn and collected here when the pruner needs them.
+    """
+    scenario = prep.scenario
+    member = scenario.pruners[pruner]
+    if member.needs_gradients and batch is None:
+        batch = calibration_batch(prep, replicate)
+    job = PruneJob(model=prep.dense, layout=prep.layout, source=scenario.sources[source], calibration=batch,
+                   seed=prep.seeds.source(replicate), grads=grads, storage=scenario.spec.calibration.storage(),
+                   training=training_context(prep, replicate) if member.needs_training else None,
+                   train_split=(prep.splits.x_train, prep.splits.y_train))
+    t0 = time.perf_counter()
+    model, result = scenario.protocol.run(member, job, sparsity)
+    log = dict(result.log)
+    log["gradient_seconds"] = gradient_seconds
+    log["prune_seconds"] = time.perf_counter() - t0  # the whole protocol; "seconds" is the solver alone
+    log["weights_sha"] = tensors_digest(result.weights)  # export checks its recomputation against it
+    if sparsity == "auto":
+        log["auto_target"] = result.log.get("sparsity_target")
+    return PrunedCell(model, result, log)
+
+
+def _sparsity_of(model: nn.Module, layout: Layout) -> float:
+    w = layout.flatten(dict(model.named_parameters()))
+    return float((w == 0).float().mean())
+
+
+def _cell_record(scenario: Scenario, cell: CellSpec, measurements: list[Measurement], seconds: float, *,
+                 realised: float, prune_log: dict | None = None, provenance: dict | None = None) -> CellRecord:
+    cond: Condition = scenario.conditions[cell.condition]
+    if cell.pruner is None:
+        pruner_label, pruner_json, source_label, source_json = DENSE, None, "-", None
+    else:
+        pruner = scenario.pruners[cell.pruner]
+        src = scenario.sources[cell.source]
+        pruner_label, pruner_json = pruner.label, pruner.describe()
+        source_label, source_json = src.label, src.describe()
+    return CellRecord(
+        cell_key=cell.key, pruner=pruner_label, source=source_label, sparsity_label=sparsity_label(cell.sparsity),
+        sparsity=realised, seed=cell.replicate, condition=cond.label,
+        protocol=(prune_log or {}).get("protocol", scenario.protocol.name),
+        measurements=[{"metric": m.metric, "value": m.value, "tags": dict(m.tags)} for m in measurements],
+        pruner_json=pruner_json, source_json=source_json, condition_json=cond.describe(), prune_log=prune_log,
+        provenance=provenance, seconds=seconds,
+    )
+
+
+def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[CellRecord]:
+    """Compute the unfinished cells of one work unit, yielding each as soon as it is done."""
+    scenario = prep.scenario
+    test = prep.splits.test
+    cond_seed = prep.seeds.condition(unit.replicate)
+    cells = [c for c in unit.cells if c.key in todo]
+    if not cells:
+        return
+    if unit.source is None:  # dense reference
+        for cell in cells:
+            t0 = time.perf_counter()
+            ms = scenario.conditions[cell.condition].evaluate(prep.dense, test, cond_seed)
+            yield _cell_record(scenario, cell, ms, time.perf_counter() - t0, realised=_sparsity_of(prep.dense, prep.layout))
+        return
+
+    batch, grads, grad_seconds = None, None, 0.0
+    if any(scenario.pruners[c.pruner].needs_gradients for c in cells):
+        t0 = time.perf_counter()
+        batch = calibration_batch(prep, unit.replicate)
+        grads = scenario.sources[unit.source].collect(prep.dense, batch, prep.seeds.source(unit.replicate),
+                                                      prep.layout, **scenario.spec.calibration.storage())
+        grad_seconds = time.perf_counter() - t0
+
+    by_prune: dict[tuple[int, Any], list[CellSpec]] = {}
+    for cell in cells:
+        by_prune.setdefault((cell.pruner, cell.sparsity), []).append(cell)
+    for (pi, sparsity), group in by_prune.items():
+        pruned = prune_cell(prep, unit.source, pi, sparsity, unit.replicate, batch=batch, grads=grads,
+                            gradient_seconds=grad_seconds)
+        prune_seconds = pruned.log["prune_seconds"]
+        for cell in group:
+            t1 = time.perf_counter()
+            ms = scenario.conditions[cell.condition].evaluate(pruned.model, test, cond_seed)
+            yield _cell_record(scenario, cell, ms, prune_seconds + time.perf_counter() - t1,
+                               realised=pruned.result.sparsity, prune_log=pruned.log,
+                               provenance=grads.provenance if grads is not None else None)

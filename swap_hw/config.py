@@ -32,8 +32,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .registry import CLEAN, DIGITAL, ONE_SHOT, Component
-from .errors import ConfigError
+from .errors import ConfigError, validation_problem
 from .models import ARCHITECTURES
+from .models.zoo import options_problem
 
 
 class Strict(BaseModel):
@@ -92,11 +93,7 @@ class ModelConfig(Strict):
             try:
                 options_model(**self.options)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"])
-                why = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-                raise ValueError(f"options.{where}: {why} (options of {self.arch}: "
-                                 f"{', '.join(options_model.model_fields)})") from None
+                raise ValueError(options_problem(exc, self.arch, options_model)) from None
         return self
 
 
@@ -203,35 +200,8 @@ class Scenario:
 # loading
 
 
-def _field_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _pydantic_message(err: dict) -> str:
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "missing":
-        return "required field is missing"
-    if err["type"].startswith("literal_error"):
-        return msg.replace("Input should be", "allowed:")
-    return msg
-
-
 def _raise_first(file: str, exc: ValidationError, prefix: tuple = ()) -> None:
-    err = exc.errors()[0]
-    # pydantic adds union-member tags ("float", "literal['auto']") to locations; they are not fields
-    tags = {"float", "int", "str", "bool"}
-    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in tags)))
-    raise ConfigError(file, _field_path(loc), _pydantic_message(err)) from None
+    raise ConfigError(file, *validation_problem(exc, prefix)) from None
 
 
 def _is_list_annotation(annotation: Any) -> bool:
@@ -314,9 +284,7 @@ def build_component(registry, entry: Any, file: str, path: str) -> list[Componen
             member.config_path = path
             members.append(member)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(file, _field_path((path,) + tuple(err["loc"])) if err["loc"] else path,
-                              _pydantic_message(err)) from None
+            _raise_first(file, exc, (path,))
     return members
 
 

@@ -28,3 +28,35 @@ class ConfigError(SwapHwError):
 
 class ParameterError(SwapHwError, ValueError):
     """A component was called with a value outside its documented range (library use)."""
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as the dotted path a user writes: ``pruners[1].epsilon``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# pydantic adds union-member tags ("float", "literal['auto']") to locations; they are not fields
+_UNION_TAGS = {"float", "int", "str", "bool"}
+
+
+def validation_problem(exc, prefix: tuple = ()) -> tuple[str, str]:
+    """(field path, one-line message) of the first error of a pydantic ValidationError: the one
+    translation of pydantic's wording into this package's ("unknown key", "allowed: ...")."""
+    err = exc.errors()[0]
+    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS)))
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif err["type"].startswith("literal_error"):
+        msg = msg.replace("Input should be", "allowed:")
+    return field_path(loc), msg

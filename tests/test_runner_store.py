@@ -71,7 +71,7 @@ def test_interrupted_run_resumes_without_duplicates(write_scenario):
     assert resumed.skipped == 2 and resumed.computed == resumed.planned - 2
     assert count_rows(db, "cells") == resumed.planned
     with sqlite3.connect(db) as conn:
-        dup = conn.execute("SELECT COUNT(*) FROM (SELECT cell_key, metric, draw, drift_time, COUNT(*) c "
+        dup = conn.execute("SELECT COUNT(*) FROM (SELECT cell_key, metric, draw, grid_json, COUNT(*) c "
                            "FROM measurements GROUP BY 1,2,3,4 HAVING c > 1)").fetchone()[0]
     assert dup == 0
 

@@ -198,7 +198,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(shared, local_r
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == total
         assert conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 2 * total
-        dup = conn.execute("SELECT COUNT(*) FROM (SELECT cell_key, metric, draw, drift_time, COUNT(*) n "
+        dup = conn.execute("SELECT COUNT(*) FROM (SELECT cell_key, metric, draw, grid_json, COUNT(*) n "
                            "FROM measurements GROUP BY 1, 2, 3, 4 HAVING n > 1)").fetchone()[0]
     assert dup == 0
     again = run_scenario(scenario)

@@ -120,7 +120,7 @@ def report_compare(args, store) -> int:
 def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) -> None:
     import sys
 
-    from ..results.plots import _slug, write_plots
+    from ..results.plots import slug, write_plots
     from ..results.plots_pqi import plot_pqi_curve
 
     paths = write_plots(records, out_dir, metric=metric, title=title)
@@ -133,7 +133,7 @@ def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) ->
         if not log.get("iterations") or ident in drawn:
             continue
         drawn.add(ident)
-        name = _slug(f"pqi_{cell['pruner']}_s{cell['sparsity_label']}_{cell['source']}_r{cell['seed']}")
+        name = slug(f"pqi_{cell['pruner']}_s{cell['sparsity_label']}_{cell['source']}_r{cell['seed']}")
         paths.append(plot_pqi_curve(log["iterations"], Path(out_dir) / f"{name}.png",
                                     title=f"{cell['pruner']}, sparsity {cell['sparsity_label']}, replicate {cell['seed']}"))
     if not paths:

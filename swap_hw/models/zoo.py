@@ -32,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ..errors import SwapHwError
+from ..errors import SwapHwError, validation_problem
 from ..layout import PRUNABLE_TYPES
 
 
@@ -40,15 +40,19 @@ class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def options_problem(exc: ValidationError, arch: str, cls: type[BaseModel]) -> str:
+    """One line for bad architecture options: ``options.depth: unknown option (options of resnet20:
+    width)``."""
+    where, msg = validation_problem(exc, ("options",))
+    msg = "unknown option" if msg == "unknown key" else msg
+    return f"{where}: {msg} (options of {arch}: {', '.join(cls.model_fields)})"
+
+
 def _options(cls: type[_Options], arch: str, given: dict) -> _Options:
     try:
         return cls(**given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "options"
-        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-        valid = ", ".join(cls.model_fields)
-        raise SwapHwError(f"model.options.{where} of {arch!r}: {msg} (options: {valid})") from None
+        raise SwapHwError(f"model.{options_problem(exc, arch, cls)}") from None
 
 
 def _channels(c: int, width: float) -> int:

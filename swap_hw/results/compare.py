@@ -21,19 +21,17 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..registry import DENSE, DIGITAL
-from .report import LOWER_IS_BETTER, format_drift, t_interval
+from .report import DRIFT_TIME, LOWER_IS_BETTER, column_label, format_drift, grid_of, sparsity_sort, t_interval
 
 Row = tuple[str, str, str]  # (source, pruner, sparsity_label)
 Column = tuple[str, "float | None"]  # (condition, drift_time)
 
 
 def condition_column(record: dict) -> str:
-    """The condition label of a record's column: the condition, plus its numeric grid tags (e.g.
-    an attack's eps=0.1) exactly as `report` splits columns, so those are never averaged together."""
-    from .report import _extra_tags
-
-    extra = _extra_tags(record)
-    return f"{record['condition']} {extra}" if extra else record["condition"]
+    """The condition label of a record's column: the condition plus its grid coordinates other than
+    the drift time (e.g. an attack's eps=0.1), exactly as `report` splits columns, so those are
+    never averaged together."""
+    return column_label(record["condition"], tuple(kv for kv in grid_of(record) if kv[0] != DRIFT_TIME))
 
 
 def replicate_means(records: Iterable[dict], metric: str) -> dict[Row, dict[Column, dict[int, float]]]:
@@ -95,8 +93,6 @@ def _only_source(rows: Iterable[Row]) -> str | None:
 
 def compare_records(records_a: list[dict], records_b: list[dict], metric: str = "accuracy") -> Comparison:
     """Match the summary cells of two runs and compute B − A with a 95% CI for each."""
-    from .report import _sparsity_sort
-
     ma, mb = replicate_means(records_a, metric), replicate_means(records_b, metric)
     sa, sb = _only_source(ma), _only_source(mb)
     by_source = not (sa is not None and sb is not None and sa != sb)
@@ -107,7 +103,7 @@ def compare_records(records_a: list[dict], records_b: list[dict], metric: str = 
     ka = {key(r): r for r in ma}
     kb = {key(r): r for r in mb}
     out: list[ComparedCell] = []
-    keys = sorted(set(ka) | set(kb), key=lambda k: (k[1] != DENSE, k[0], _sparsity_sort(k[2]), k[1]))
+    keys = sorted(set(ka) | set(kb), key=lambda k: (k[1] != DENSE, k[0], sparsity_sort(k[2]), k[1]))
     for k in keys:
         ra, rb = ka.get(k), kb.get(k)
         cols_a = ma.get(ra, {}) if ra else {}

@@ -30,7 +30,7 @@ from .compare import replicate_means
 from .report import format_drift, t_interval
 
 
-def _slug(label: str) -> str:
+def slug(label: str) -> str:
     """A short file-name-safe form of a member label: its name and grid tags, plus a 6-digit hash
     of the whole label when parameters were dropped (so labels differing only there stay apart).
     "analog(draws=2,drift_times=[...]) " → "analog-3f2a1c"; "adversarial(...) eps=0.1" →
@@ -137,7 +137,7 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                     ax.set_ylabel(ylabel)
                 ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8, loc="best")
-        path = out / f"{_slug(metric)}_vs_sparsity__{_slug(cond)}.png"
+        path = out / f"{slug(metric)}_vs_sparsity__{slug(cond)}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
 
@@ -177,7 +177,7 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                     ax.set_ylabel(ylabel)
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=7, loc="best")
-        path = out / f"{_slug(metric)}_vs_drift__{_slug(cond)}.png"
+        path = out / f"{slug(metric)}_vs_drift__{slug(cond)}.png"
         fig.savefig(path, dpi=110)
         paths.append(path)
     return paths

@@ -45,10 +45,42 @@ def format_drift(seconds: float | None) -> str:
     return f"{seconds:g}s"
 
 
+# A condition's grid coordinates in one measurement: (tag, value) pairs, drift_time first, then by
+# tag name. Every numeric tag but `draw` is one (results/store.py); each point is a report column.
+Grid = tuple[tuple[str, float], ...]
+DRIFT_TIME = "drift_time"
+
+
+def grid_of(record: dict) -> Grid:
+    """The grid coordinates of a record (records built by hand may give drift_time and numeric
+    `tag_*` fields instead of `grid`)."""
+    grid = record.get("grid")
+    if grid is None:
+        grid = {k[4:]: v for k, v in record.items()
+                if k.startswith("tag_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if record.get(DRIFT_TIME) is not None:
+            grid[DRIFT_TIME] = record[DRIFT_TIME]
+    return tuple(sorted(grid.items(), key=lambda kv: (kv[0] != DRIFT_TIME, kv[0])))
+
+
+def grid_label(grid: Grid) -> str:
+    """"@ 1h eps=0.1": a drift time in its unit after "@", any other coordinate as tag=value."""
+    return " ".join(f"@ {format_drift(v)}" if k == DRIFT_TIME else f"{k}={v:g}" for k, v in grid)
+
+
+def column_label(condition: str, grid: Grid) -> str:
+    return f"{condition} {grid_label(grid)}" if grid else condition
+
+
+def _grid_sort(grid: Grid) -> tuple:
+    values = dict(grid)
+    return (values.get(DRIFT_TIME, -1.0), tuple((k, v) for k, v in grid if k != DRIFT_TIME))
+
+
 @dataclass
 class Summary:
     metric: str
-    columns: list[tuple[str, float | None, str]]  # (condition, drift_time, other tags e.g. "eps=0.1")
+    columns: list[tuple[str, Grid]]  # (condition, grid coordinates)
     rows: list[tuple[str, str, str]]  # (source, pruner, sparsity_label)
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]]  # row → column → (mean, ci, n)
     best: set[tuple[tuple, tuple]]
@@ -67,10 +99,8 @@ class Summary:
             differs = True
         return f"{label}→{real:.2f}" if differs else label
 
-    def column_label(self, col: tuple[str, float | None, str]) -> str:
-        cond, drift, extra = col
-        label = f"{cond} @ {format_drift(drift)}" if drift is not None else cond
-        return f"{label} {extra}" if extra else label
+    def column_label(self, col: tuple[str, Grid]) -> str:
+        return column_label(*col)
 
 
 def make_console():
@@ -82,31 +112,7 @@ def make_console():
     return console if console.is_terminal else Console(width=200)
 
 
-def _extra_tags(record: dict) -> str:
-    """Tags other than drift time and draw that split a condition into columns (e.g. eps=0.1).
-
-    A condition's name already says which attack or noise model it uses, so a tag whose value is
-    text (attack=pgd) is left out; numeric tags (eps) are grid coordinates and become columns.
-    """
-    parts = []
-    for key in sorted(record):
-        if key.startswith("tag_") and isinstance(record[key], (int, float)) and not isinstance(record[key], bool):
-            parts.append(f"{key[4:]}={record[key]:g}")
-    return " ".join(parts)
-
-
-def _tag_sort(extra: str) -> tuple:
-    out = []
-    for part in extra.split():
-        k, _, v = part.partition("=")
-        try:
-            out.append((k, float(v)))
-        except ValueError:
-            out.append((k, 0.0))
-    return tuple(out)
-
-
-def _sparsity_sort(label: str) -> float:
+def sparsity_sort(label: str) -> float:
     try:
         return float(label)
     except ValueError:
@@ -124,7 +130,7 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
         row = (r["source"], r["pruner"], r["sparsity_label"])
         if r.get("sparsity") is not None:
             realised[row][(r["seed"], r["cell_key"])] = r["sparsity"]
-        col = (r["condition"], r["drift_time"], _extra_tags(r))
+        col = (r["condition"], grid_of(r))
         per_seed[row][col][r["seed"]].append(r["value"])
         if r.get("protocol") and r["pruner"] != DENSE:  # the dense row is not pruned by any protocol
             protocols[row].add(r["protocol"])
@@ -141,9 +147,8 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
     cond_order: dict[str, int] = {}
     for r in sorted(columns, key=lambda c: (c[0] != DIGITAL, c[0])):
         cond_order.setdefault(r[0], len(cond_order))
-    ordered_cols = sorted(columns, key=lambda c: (cond_order[c[0]], c[1] if c[1] is not None else -1,
-                                                  _tag_sort(c[2])))
-    rows = sorted(cells, key=lambda r: (r[1] != DENSE, r[0], _sparsity_sort(r[2]), r[1]))
+    ordered_cols = sorted(columns, key=lambda c: (cond_order[c[0]], _grid_sort(c[1])))
+    rows = sorted(cells, key=lambda r: (r[1] != DENSE, r[0], sparsity_sort(r[2]), r[1]))
     best: set[tuple[tuple, tuple]] = set()
     sign = -1 if metric in LOWER_IS_BETTER else 1
     blocks: dict[tuple, list[tuple]] = defaultdict(list)
@@ -203,16 +208,29 @@ def render_table(summary: Summary, title: str = "", console=None) -> None:
     console.print(table)
 
 
+def _flat_records(records: list[dict]) -> tuple[list[str], list[dict]]:
+    """Field names and rows of the long format: RECORD_FIELDS, then one field per grid tag other
+    than drift_time (which RECORD_FIELDS has), named after the tag ("grid_" + tag if that name is
+    taken), so values at different grid points never look alike."""
+    extra = sorted({k for r in records for k, _ in grid_of(r)} - {DRIFT_TIME})
+    names = {k: (f"grid_{k}" if k in RECORD_FIELDS else k) for k in extra}
+    rows = []
+    for r in records:
+        grid = dict(grid_of(r))
+        rows.append({**{k: r.get(k) for k in RECORD_FIELDS}, **{names[k]: grid.get(k) for k in extra}})
+    return [*RECORD_FIELDS, *names.values()], rows
+
+
 def records_json(records: list[dict]) -> str:
-    return json.dumps([{k: r.get(k) for k in RECORD_FIELDS} for r in records], indent=1)
+    return json.dumps(_flat_records(records)[1], indent=1)
 
 
 def records_csv(records: list[dict]) -> str:
+    fields, rows = _flat_records(records)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(RECORD_FIELDS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for r in records:
-        writer.writerow({k: r.get(k) for k in RECORD_FIELDS})
+    writer.writerows(rows)
     return buf.getvalue()
 
 
@@ -222,7 +240,9 @@ def summary_as_dict(summary: Summary) -> list[dict[str, Any]]:
         for col, (mean, ci, n) in summary.cells[row].items():
             out.append({"source": row[0], "pruner": row[1], "protocol": summary.protocols.get(row), "sparsity": row[2],
                         "realised_sparsity": summary.realised.get(row), "condition": col[0],
-                        "drift_time": col[1], "tags": col[2], "metric": summary.metric, "mean": mean,
+                        "drift_time": dict(col[1]).get(DRIFT_TIME), "grid": dict(col[1]),
+                        "tags": grid_label(tuple(kv for kv in col[1] if kv[0] != DRIFT_TIME)),
+                        "metric": summary.metric, "mean": mean,
                         "ci95": None if math.isnan(ci) else ci, "replicates": n,
                         "best": (row, col) in summary.best})
     return out
@@ -253,7 +273,7 @@ def layer_rows(cell_logs: list[dict]) -> list[dict[str, Any]]:
                 if layer.get(field_) is not None:
                     acc[key][field_].append(layer[field_])
     rows = []
-    for key in sorted(acc, key=lambda k: (k[0], k[1], _sparsity_sort(k[2]))):
+    for key in sorted(acc, key=lambda k: (k[0], k[1], sparsity_sort(k[2]))):
         vals = acc[key]
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         rows.append({"source": key[0], "pruner": key[1], "sparsity": key[2], "layer": key[3], "size": sizes[key],

@@ -7,8 +7,15 @@ Tables:
 - cells:        one row per finished cell, keyed by `cell_key` = hash of everything that determines
                 the cell (data, model, training, calibration, source, replicate, pruner, sparsity,
                 condition, protocol, root seed). Cells are shared between runs with equal keys.
-- measurements: the long-format values of a cell (metric, value, drift_time, draw, other tags).
+- measurements: the long-format values of a cell: metric, value, draw (the repetition), grid (the
+                condition's grid coordinates: every numeric tag, e.g. drift_time, eps) and the
+                other, descriptive tags (e.g. attack=pgd). Every grid tag is stored, read and
+                reported the same way, whatever the condition calls it.
 - run_cells:    which cells a run planned, so a report of a run shows exactly its grid.
+
+Schema version 2 (PRAGMA user_version); a version-1 database (drift_time a column of its own, other
+tags in tags_json) is migrated in place, in one transaction, the first time it is opened for
+writing.
 
 A cell and its measurements are written in one transaction: a crash loses at most the cell in
 flight, and a finished cell is never half-written. The `records` view joins everything into the
@@ -56,32 +63,54 @@ CREATE TABLE IF NOT EXISTS cells (
     seconds REAL,
     finished_at REAL
 );
-CREATE TABLE IF NOT EXISTS measurements (
-    cell_key TEXT NOT NULL REFERENCES cells(cell_key),
-    metric TEXT NOT NULL,
-    value REAL,
-    drift_time REAL,
-    draw INTEGER,
-    tags_json TEXT
-);
-CREATE INDEX IF NOT EXISTS measurements_cell ON measurements(cell_key);
 CREATE TABLE IF NOT EXISTS run_cells (
     run_id TEXT NOT NULL,
     cell_key TEXT NOT NULL,
     PRIMARY KEY (run_id, cell_key)
 );
+"""
+
+# The measurements and the view over them: created with the schema, or by the version-1 migration.
+MEASUREMENTS = """
+CREATE TABLE IF NOT EXISTS measurements (
+    cell_key TEXT NOT NULL REFERENCES cells(cell_key),
+    metric TEXT NOT NULL,
+    value REAL,
+    draw INTEGER,
+    grid_json TEXT,
+    tags_json TEXT
+);
+CREATE INDEX IF NOT EXISTS measurements_cell ON measurements(cell_key);
 CREATE VIEW IF NOT EXISTS records AS
     SELECT rc.run_id AS run, c.pruner, c.source, c.sparsity_label, c.sparsity, c.seed,
-           c.condition, c.protocol, m.drift_time, m.draw, m.metric, m.value, m.tags_json,
-           c.cell_key
+           c.condition, c.protocol, json_extract(m.grid_json, '$.drift_time') AS drift_time, m.draw,
+           m.metric, m.value, m.grid_json, m.tags_json, c.cell_key, m.rowid AS measurement
     FROM run_cells rc JOIN cells c ON c.cell_key = rc.cell_key
     JOIN measurements m ON m.cell_key = c.cell_key;
 """
+SCHEMA_VERSION = 2
+
+# The repetition tag: values with different draws are averaged within a replicate, never columns.
+DRAW = "draw"
 
 RECORD_FIELDS = (
     "run", "pruner", "source", "sparsity_label", "sparsity", "seed", "condition", "protocol",
     "drift_time", "draw", "metric", "value",
 )
+
+
+def split_tags(tags: dict[str, Any]) -> tuple[int | None, dict[str, float], dict[str, Any]]:
+    """(draw, grid, other tags) of a measurement's tags: every numeric tag but `draw` is a grid
+    coordinate of its condition (drift_time, eps, …); text tags (attack=pgd) only describe it."""
+    draw, grid, other = None, {}, {}
+    for key, value in tags.items():
+        if key == DRAW:
+            draw = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            grid[key] = float(value)
+        else:
+            other[key] = value
+    return draw, grid, other
 
 
 @dataclass
@@ -135,6 +164,41 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        if "drift_time" in self._columns("measurements"):
+            self._migrate_from_v1()
+        self.conn.executescript(MEASUREMENTS)
+        self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
+
+    def _migrate_from_v1(self) -> None:
+        """Version 1 kept drift_time in a column and every other tag in tags_json; version 2 keeps
+        every grid tag (drift_time among them) in grid_json. Rows keep their order; one transaction."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            old = self.conn.execute(
+                "SELECT cell_key, metric, value, drift_time, draw, tags_json FROM measurements ORDER BY rowid").fetchall()
+            self.conn.execute("DROP VIEW IF EXISTS records")
+            self.conn.execute("DROP TABLE measurements")
+            for statement in MEASUREMENTS.split(";"):  # not executescript: it would commit first
+                if statement.strip():
+                    self.conn.execute(statement)
+            rows = []
+            for r in old:
+                tags = json.loads(r["tags_json"]) if r["tags_json"] else {}
+                if r["drift_time"] is not None:
+                    tags["drift_time"] = r["drift_time"]
+                _, grid, other = split_tags(tags)
+                rows.append((r["cell_key"], r["metric"], r["value"], r["draw"], _dumps(grid) if grid else None,
+                             _dumps(other) if other else None))
+            self.conn.executemany("INSERT INTO measurements (cell_key, metric, value, draw, grid_json, tags_json)"
+                                  " VALUES (?,?,?,?,?,?)", rows)
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def _has_table(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
@@ -254,13 +318,11 @@ class Store:
             if inserted:
                 rows = []
                 for m in cell.measurements:
-                    tags = dict(m.get("tags") or {})
-                    drift = tags.pop("drift_time", None)
-                    draw = tags.pop("draw", None)
+                    draw, grid, other = split_tags(dict(m.get("tags") or {}))
                     rows.append((cell.cell_key, m["metric"], float(m["value"]) if m["value"] is not None else None,
-                                 drift, draw, _dumps(tags) if tags else None))
+                                 draw, _dumps(grid) if grid else None, _dumps(other) if other else None))
                 self.conn.executemany(
-                    "INSERT INTO measurements (cell_key, metric, value, drift_time, draw, tags_json)"
+                    "INSERT INTO measurements (cell_key, metric, value, draw, grid_json, tags_json)"
                     " VALUES (?,?,?,?,?,?)", rows)
             self.conn.execute("COMMIT")
             return inserted
@@ -269,12 +331,16 @@ class Store:
             raise
 
     def records(self, run_id: str) -> list[dict]:
+        """The long-format records of a run: RECORD_FIELDS, `grid` (tag → coordinate, drift_time
+        included) and `tag_<name>` for each descriptive tag."""
         rows = self.conn.execute(
-            "SELECT * FROM records WHERE run=? ORDER BY pruner, source, sparsity, seed, condition, drift_time, draw",
-            (run_id,)).fetchall()
+            "SELECT * FROM records WHERE run=? ORDER BY pruner, source, sparsity, seed, condition, drift_time, draw, cell_key,"
+            " measurement", (run_id,)).fetchall()
         out = []
         for r in rows:
             d = dict(r)
+            del d["measurement"]
+            d["grid"] = json.loads(d.pop("grid_json")) if d.get("grid_json") else {}
             tags = json.loads(d.pop("tags_json")) if d.get("tags_json") else {}
             d.update({f"tag_{k}": v for k, v in tags.items()})
             out.append(d)

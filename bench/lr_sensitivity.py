@@ -8,7 +8,7 @@ and whether gradients are re-collected between stages.
 
 --protocol one_shot: the pruner runs `stages` solver stages on gradients collected once at w̄.
 --protocol multi_stage: `stages` protocol stages, gradients re-collected at the pruned weights
-before each, the pruner one solver stage per protocol stage (swap_hw/protocols.py).
+before each, the pruner one solver stage per protocol stage (swap_hw/protocols/staged.py).
 --epsilons (swap only): entropic ε relative to mean(M), `0` = exact sort plan, `inf`.
 --noise: the paper's gaussian gradient noise (e.g. 2,0.25) instead of clean gradients.
 --option: any other parameter of the pruner (YAML value), e.g. --option backsolve=false.
@@ -74,7 +74,7 @@ def main() -> None:
     from swap_hw.models import apply_weights
     from swap_hw.protocols import prune_staged
     from swap_hw.pruners import PRUNERS
-    from swap_hw.sweep.run import prepare
+    from swap_hw.sweep.prepare import prepare
 
     npz = ROOT / "results/bench/mnist_8k2k.npz"
     if not npz.is_file():

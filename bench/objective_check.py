@@ -62,7 +62,7 @@ def main() -> None:
     from swap_hw.gradients import GRADIENT_SOURCES
     from swap_hw.models import apply_weights
     from swap_hw.pruners import PRUNERS
-    from swap_hw.sweep.run import prepare
+    from swap_hw.sweep.prepare import prepare
     from swap_hw.transport import EntropicPlans
 
     npz = ROOT / "results/bench/mnist_8k2k.npz"

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from swap_hw.config import parse_scenario_text  # noqa: E402
 from swap_hw.sweep.executors import LocalExecutor, ProcessPoolExecutor  # noqa: E402
 from swap_hw.pruners import PRUNERS  # noqa: E402
-from swap_hw.sweep.run import prepare, run_scenario  # noqa: E402
+from swap_hw.sweep.prepare import prepare  # noqa: E402
+from swap_hw.sweep.run import run_scenario  # noqa: E402
 from swap_hw.results.store import Store  # noqa: E402
 
 SCENARIO = """

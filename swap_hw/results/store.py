@@ -139,6 +139,10 @@ def _dumps(obj: Any) -> str | None:
     return None if obj is None else json.dumps(obj, sort_keys=True, default=_jsonable)
 
 
+def _loads(text: str | None, empty: Any = None) -> Any:
+    return json.loads(text) if text else empty
+
+
 def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
@@ -186,7 +190,7 @@ class Store:
                     self.conn.execute(statement)
             rows = []
             for r in old:
-                tags = json.loads(r["tags_json"]) if r["tags_json"] else {}
+                tags = _loads(r["tags_json"], {})
                 if r["drift_time"] is not None:
                     tags["drift_time"] = r["drift_time"]
                 _, grid, other = split_tags(tags)
@@ -340,8 +344,8 @@ class Store:
         for r in rows:
             d = dict(r)
             del d["measurement"]
-            d["grid"] = json.loads(d.pop("grid_json")) if d.get("grid_json") else {}
-            tags = json.loads(d.pop("tags_json")) if d.get("tags_json") else {}
+            d["grid"] = _loads(d.pop("grid_json"), {})
+            tags = _loads(d.pop("tags_json"), {})
             d.update({f"tag_{k}": v for k, v in tags.items()})
             out.append(d)
         return out
@@ -355,8 +359,7 @@ class Store:
             (run_id, pruner, source, sparsity_label, int(seed))).fetchone()
         if row is None:
             return None
-        return {"sparsity": row["sparsity"],
-                "prune_log": json.loads(row["prune_log_json"]) if row["prune_log_json"] else None}
+        return {"sparsity": row["sparsity"], "prune_log": _loads(row["prune_log_json"])}
 
     def cell_logs(self, run_id: str) -> list[dict]:
         rows = self.conn.execute(
@@ -366,6 +369,6 @@ class Store:
         for r in rows:
             d = dict(r)
             for k in ("pruner_json", "source_json", "condition_json", "prune_log_json", "provenance_json"):
-                d[k] = json.loads(d[k]) if d.get(k) else None
+                d[k] = _loads(d.get(k))
             out.append(d)
         return out

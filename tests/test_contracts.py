@@ -54,6 +54,8 @@ def test_gradient_source_contract(small, name):
     assert grads.provenance["source"] == source.describe() and grads.provenance["seed"] == 11
     again = GRADIENT_SOURCES.get(name)().collect(model, batch, seed=11, layout=layout)
     assert torch.equal(grads.X, again.X)
+    other_seed = GRADIENT_SOURCES.get(name)().collect(model, batch, seed=12, layout=layout)
+    assert torch.equal(grads.X, other_seed.X) != source.stochastic  # a stochastic source's draw follows its seed
     assert_untouched(model, before)
 
 

@@ -39,7 +39,7 @@ OVER_BUDGET = ("recompute", "disk")
 class GradientSource(Component):
     """Base of all gradient sources; see the module docstring for the fixed pipeline."""
 
-    # Whether `perturb` / `transform_batch` / `gradient_model` use randomness (for provenance).
+    # Whether `collect` draws randomness (noise, attacks, hardware): then its X follows the seed.
     stochastic: ClassVar[bool] = False
 
     def collect(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -132,7 +132,6 @@ class CellRecord:
     prune_log: dict | None = None
     provenance: dict | None = None
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def _dumps(obj: Any) -> str | None:

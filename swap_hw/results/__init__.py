@@ -1,0 +1,1 @@
+"""Results: the SQLite store, reports, comparisons and plots (they read only the store)."""

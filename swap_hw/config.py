@@ -19,6 +19,7 @@ A source entry may also be a chain, applied in order: ``- [label_noise, analog]`
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -32,8 +33,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .registry import CLEAN, DIGITAL, ONE_SHOT, Component
-from .errors import ConfigError, validation_problem
-from .models import ARCHITECTURES
+from .data import DataSplits
+from .digest import file_digest, tensors_digest
+from .errors import ConfigError, ParameterError, validation_problem
+from .models import ARCHITECTURES, factory
 from .models.zoo import options_problem
 
 
@@ -61,9 +64,17 @@ class TrainConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: str = Field("mlpnet", description="architecture name")
-    options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the architecture")
+    arch: str = Field("mlpnet", description="built-in architecture: mlpnet, cnn, resnet20, mobilenetv1")
+    factory: str | None = Field(
+        None, description="your own model instead of arch: 'module:Name' (importable) or 'path/file.py:Name', "
+        "a torch.nn.Module class or a function returning one, called with `options` (see swap_hw/models/factory.py)"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the architecture or factory")
     checkpoint: str | None = Field(None, description="a state_dict file to load instead of training")
+    trusted: bool = Field(
+        False, description="read a checkpoint that is a pickled model object (torch.save(model)); unpickling "
+        "runs code from the file, so only for files you trust"
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     prune_layers: Union[Literal["all", "default"], list[str]] = Field(
         "default",
@@ -85,8 +96,22 @@ class ModelConfig(Strict):
             raise ValueError(f"unknown architecture {v!r}; valid: {', '.join(sorted(ARCHITECTURES))}")
         return v
 
+    @field_validator("factory")
+    @classmethod
+    def _importable_factory(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                factory.resolve(v)
+            except ParameterError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
     @model_validator(mode="after")
     def _known_options(self) -> "ModelConfig":
+        if self.factory is not None:
+            if "arch" in self.model_fields_set:
+                raise ValueError("give model.arch or model.factory, not both")
+            return self  # a factory's options are checked when it is called, before any training
         # zoo architectures declare their options (swap_hw/zoo.py): check them before any work
         options_model = getattr(ARCHITECTURES.get(self.arch), "Options", None)
         if options_model is not None:
@@ -166,6 +191,33 @@ class ScenarioFile(Strict):
 
 
 @dataclass(frozen=True)
+class InlineInputs:
+    """A Python study's in-memory model and data, carried by its Scenario and known by digests of
+    their contents (the model's class and weights, the data's tensors)."""
+
+    model: Any = None  # a torch.nn.Module, used as the dense model as it is (no training)
+    data: DataSplits | None = None
+    model_class: str | None = None
+    model_sha: str | None = None
+    data_sha: str | None = None
+
+    @classmethod
+    def of(cls, model: Any = None, data: DataSplits | None = None) -> "InlineInputs":
+        model_class = model_sha = data_sha = None
+        if model is not None:
+            model_class = f"{type(model).__module__}.{type(model).__qualname__}"
+            model_sha = tensors_digest(model.state_dict())
+        if data is not None:
+            data_sha = tensors_digest({"x_train": data.x_train, "y_train": data.y_train,
+                                       "x_test": data.x_test, "y_test": data.y_test})
+        return cls(model, data, model_class, model_sha, data_sha)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": None if self.model is None else {"class": self.model_class, "weights_sha": self.model_sha},
+                "data_sha": self.data_sha}
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A validated scenario with its component lists expanded into instances."""
 
@@ -176,6 +228,12 @@ class Scenario:
     pruners: tuple[Component, ...]
     conditions: tuple[Component, ...]
     protocol: Component
+    # The user files the scenario reads, known by content: field → (path, sha256 digest), read once
+    # at validation (data.path, model.checkpoint, model.factory's source file).
+    files: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # In-memory inputs of a Python `Study` (its model object and data tensors), known by the
+    # digests they carry; None for a scenario file.
+    inline: Any = None
 
     @property
     def name(self) -> str:
@@ -189,6 +247,37 @@ class Scenario:
         out["sources"] = [s.describe() for s in self.sources]
         out["pruners"] = [p.describe() for p in self.pruners]
         out["conditions"] = [c.describe() for c in self.conditions]
+        if self.files:
+            out["files"] = {field: sha for field, (_, sha) in sorted(self.files.items())}
+        if self.inline is not None:
+            out["inline"] = self.inline.describe()
+        return out
+
+    def data_description(self) -> dict[str, Any]:
+        """What determines the data, by content: the data block with a user file's path replaced by
+        the digest of its bytes (an in-memory dataset by the digest of its tensors)."""
+        out = self.spec.data.model_dump(mode="json")
+        if self.inline is not None and self.inline.data is not None:
+            return {"name": "inline", "content_sha": self.inline.data_sha}
+        if "data.path" in self.files:
+            out.pop("path")
+            out["content_sha"] = self.files["data.path"][1]
+        return out
+
+    def model_description(self) -> dict[str, Any]:
+        """What determines the model, by content: the model block with the checkpoint's and the
+        factory file's paths replaced by their digests (an in-memory model by its weights' digest)."""
+        out = self.spec.model.model_dump(mode="json", exclude={"factory", "trusted"})
+        if self.inline is not None and self.inline.model is not None:
+            out.pop("arch")
+            out["inline"] = {"class": self.inline.model_class, "weights_sha": self.inline.model_sha}
+        if self.spec.model.factory is not None:
+            out.pop("arch")
+            out["factory"] = self.spec.model.factory.rpartition(":")[2]
+            out["factory_sha"] = self.files["model.factory"][1]
+        if self.spec.model.checkpoint is not None:
+            out.pop("checkpoint")
+            out["checkpoint_sha"] = self.files["model.checkpoint"][1]
         return out
 
     def config_hash(self) -> str:
@@ -407,12 +496,33 @@ def parse_scenario_text(text: str, file: str, overrides: list[str] | None = None
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ConfigError(file, family, f"listed twice: {', '.join(sorted(dup))}")
-    scenario = Scenario(file, text, spec, tuple(sources), tuple(pruners), tuple(conditions), protocol)
-    _check_combinations(scenario)
+    scenario = Scenario(file, text, spec, tuple(sources), tuple(pruners), tuple(conditions), protocol,
+                        _user_files(spec, file))
+    check_members(scenario)
     return scenario
 
 
-def _check_combinations(scenario: Scenario) -> None:
+def _user_files(spec: ScenarioFile, file: str) -> dict[str, tuple[str, str]]:
+    """field → (path, content digest) of every user file the scenario reads."""
+    out = {}
+    paths = {"data.path": spec.data.path if spec.data.name == "npz" else None,
+             "model.checkpoint": spec.model.checkpoint}
+    if spec.model.factory is not None:
+        try:
+            paths["model.factory"] = factory.source_file(spec.model.factory)
+        except ParameterError as exc:
+            raise ConfigError(file, "model.factory", str(exc)) from None
+    for field, path in paths.items():
+        if path is None:
+            continue
+        try:
+            out[field] = (str(path), file_digest(path))
+        except OSError as exc:
+            raise ConfigError(file, field, f"cannot read {path}: {exc.strerror or exc}") from None
+    return out
+
+
+def check_members(scenario: Scenario) -> None:
     """Cross-field checks each member may ask for (a hook: `validate_scenario(scenario, file, path)`)."""
     for family, members in (("sources", scenario.sources), ("pruners", scenario.pruners),
                             ("conditions", scenario.conditions), ("protocol", (scenario.protocol,))):

@@ -19,7 +19,9 @@ import json
 import pkgutil
 from typing import Any, Callable, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ParameterError, validation_problem
 
 T = TypeVar("T")
 
@@ -34,6 +36,7 @@ class Registry(Generic[T]):
             if name in self._members:
                 raise RuntimeError(f"{self.family} {name!r} registered twice")
             cls.name = name  # type: ignore[attr-defined]
+            cls.family = self.family  # type: ignore[attr-defined]
             self._members[name] = cls
             return cls
 
@@ -49,6 +52,18 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._members)
+
+    def attribute(self, attr: str) -> type[T]:
+        """The member `attr` names in CamelCase, any capitalisation (``LabelNoise``, ``LR``, ``Lr``):
+        what a family package returns for ``swap_hw.pruners.Swap``. Lower-case names are left to
+        Python (they are the package's modules)."""
+        wanted = attr.replace("_", "").lower()
+        if attr[:1].isupper():
+            for name in self._members:
+                if name.replace("_", "").lower() == wanted:
+                    return self._members[name]
+        raise AttributeError(f"no {self.family} {attr!r}; members: "
+                             f"{', '.join(''.join(p.capitalize() for p in n.split('_')) for n in self.names())}")
 
     def __contains__(self, name: str) -> bool:
         return name in self._members
@@ -72,6 +87,7 @@ class Component:
     """A registered member of a family. Subclasses set `Params` and are registered by name."""
 
     name: ClassVar[str] = "?"
+    family: ClassVar[str] = "member"  # set by the registry: "pruner", "gradient source", …
     Params: ClassVar[type[Params]] = Params
     # Where in a scenario file this member was written (e.g. "pruners[2]"), for error messages;
     # set by config validation, None for members built in code.
@@ -80,7 +96,14 @@ class Component:
     def __init__(self, params: Params | None = None, **kwargs: Any):
         if params is not None and kwargs:
             raise TypeError("pass either a Params instance or keyword arguments, not both")
-        self.params = params if params is not None else self.Params(**kwargs)
+        if params is not None:
+            self.params = params
+            return
+        try:
+            self.params = self.Params(**kwargs)
+        except ValidationError as exc:  # the package's error, naming the parameter and what is allowed
+            field, message = validation_problem(exc)
+            raise ParameterError(f"{self.family} {self.name!r}: {field + ': ' if field else ''}{message}") from None
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines this member's behaviour, JSON-serialisable."""

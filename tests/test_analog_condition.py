@@ -7,8 +7,8 @@ from collections import defaultdict
 
 import pytest
 import torch
-from pydantic import ValidationError
 
+from swap_hw.errors import ParameterError
 from swap_hw.deploy import CONDITIONS
 
 TIMES = [1.0, 86400.0, 31536000.0]
@@ -85,10 +85,10 @@ def test_pruned_model_reports_zero_retention(digits_model, test_subset):
 
 def test_params_validated():
     cls = CONDITIONS.get("analog")
-    with pytest.raises(ValidationError, match="characterised only"):
+    with pytest.raises(ParameterError, match="characterised only"):
         cls(noise_model="reram_wan2022")  # default times include 1 h and 1 year
     assert cls(noise_model="reram_wan2022", drift_times=[1, 86400, 172800]).params.draws == 5
     for bad in ({"draws": 0}, {"drift_times": []}, {"drift_times": [-1.0]}, {"drift_times": [1.0, 1.0]}):
-        with pytest.raises(ValidationError):
+        with pytest.raises(ParameterError):
             cls(**bad)
     assert cls().params.drift_times == [1.0, 3600.0, 86400.0, 31536000.0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 
+from swap_hw.errors import ParameterError
 from swap_hw.gradients import GRADIENT_SOURCES
 from swap_hw.gradients.gaussian import add_gaussian_gradient_noise
 
@@ -64,7 +64,7 @@ def test_gaussian_source_is_seeded_and_records_fraction(calibration, clean_set):
 def test_gaussian_params_validated():
     cls = GRADIENT_SOURCES.get("gaussian")
     for bad in ({"prop": 0.0}, {"prop": 1.5}, {"std": -1.0}, {"sigma": 1.0}):
-        with pytest.raises(ValidationError):
+        with pytest.raises(ParameterError):
             cls(**bad)
     assert cls(std=4, prop=0.1).label == "gaussian(prop=0.1,std=4)"
 
@@ -99,11 +99,11 @@ def test_analog_source_without_noise_equals_clean(calibration, clean_set):
 
 def test_analog_source_params_validated():
     cls = GRADIENT_SOURCES.get("analog")
-    with pytest.raises(ValidationError, match="weights only"):
+    with pytest.raises(ParameterError, match="weights only"):
         cls(out_noise=0.06)
-    with pytest.raises(ValidationError, match="characterised only"):
+    with pytest.raises(ParameterError, match="characterised only"):
         cls(noise_model="reram_wan2022", drift_time=3600.0)
-    with pytest.raises(ValidationError):
+    with pytest.raises(ParameterError):
         cls(drift_time=-1.0)
     assert cls(noise_model="reram_wan2022").params.drift_time == 86400.0
 

@@ -34,9 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render results from the database only")
     rep.add_argument("--db", default="results/swap_hw.sqlite")
     rep.add_argument("--run", help="run id or a unique prefix (default: the newest run)")
-    rep.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    rep.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table",
+                     help="table: the summary (rich); markdown: the same summary as a GitHub-flavoured markdown "
+                          "table; json/csv: every record")
     rep.add_argument("--metric", default="accuracy")
-    rep.add_argument("--out", help="write json/csv here instead of standard output")
+    rep.add_argument("--out", help="write json/csv/markdown here instead of standard output")
     rep.add_argument("--layers", action="store_true",
                      help="also show per-layer sparsity and PQ index before → after for every pruner")
     cli_sweeps.add_report_arguments(rep)
@@ -71,7 +73,7 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from ..config import load_scenario
-    from .progress import ProgressReporter
+    from ..results.progress import ProgressReporter
     from ..results.report import make_console, render_table, summarize
     from ..sweep.run import run_scenario
     from ..results.store import Store
@@ -94,7 +96,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..results.report import records_csv, records_json, render_table, summarize
+    from ..results.report import records_csv, records_json, render_markdown, render_table, summarize
 
     with _open_store(args.db) as store:
         if args.compare:
@@ -108,7 +110,7 @@ def cmd_report(args) -> int:
         records = store.records(run_id)
         cell_logs = store.cell_logs(run_id) if (args.layers or args.plot) else []
     if args.plot:
-        cli_sweeps.report_plot(records, args.plot, args.metric, f"{run['name']} — run {run_id}", cell_logs)
+        cli_sweeps.report_plot(records, args.plot, args.metric, run["name"], cell_logs)  # figures name no run id
     if args.format == "table":
         render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
         if args.layers:
@@ -116,7 +118,10 @@ def cmd_report(args) -> int:
 
             render_layers(layer_rows(cell_logs), title=f"per-layer sparsity and PQ index — run {run_id}")
         return 0
-    text = records_json(records) if args.format == "json" else records_csv(records)
+    if args.format == "markdown":
+        text = render_markdown(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
+    else:
+        text = records_json(records) if args.format == "json" else records_csv(records)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text)

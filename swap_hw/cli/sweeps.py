@@ -88,7 +88,7 @@ def _resolve(store, prefix: str, db: str) -> str:
 def report_compare(args, store) -> int:
     import json
 
-    from ..results.compare import compare_records, comparison_as_dicts, render_comparison
+    from ..results.compare import compare_records, comparison_as_dicts, render_comparison, render_comparison_markdown
     from ..results.report import make_console
 
     ids = [_resolve(store, prefix, args.db) for prefix in args.compare]
@@ -99,7 +99,9 @@ def report_compare(args, store) -> int:
                           console=make_console())
         return 0
     rows = comparison_as_dicts(comparison)
-    if args.format == "json":
+    if args.format == "markdown":
+        text = render_comparison_markdown(comparison, f"{runs[0]['name']} ({ids[0]})", f"{runs[1]['name']} ({ids[1]})")
+    elif args.format == "json":
         text = json.dumps(rows, indent=1) + "\n"
     else:
         import csv
@@ -120,21 +122,21 @@ def report_compare(args, store) -> int:
 def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) -> None:
     import sys
 
-    from ..results.plots import slug, write_plots
+    from ..results.plots import unique_stems, write_plots
     from ..results.plots_pqi import plot_pqi_curve
 
     paths = write_plots(records, out_dir, metric=metric, title=title)
     # Iterative pruners (sap, lottery) log every prune–retrain round: PQI and accuracy against the
     # remaining weights, one figure per pruned model (the paper's fall–rise–fall diagnostic).
-    drawn = set()
+    curves: dict[str, dict] = {}
     for cell in cell_logs:
         log = cell.get("prune_log_json") or {}
-        ident = (cell["source"], cell["pruner"], cell["sparsity_label"], cell["seed"])
-        if not log.get("iterations") or ident in drawn:
-            continue
-        drawn.add(ident)
-        name = slug(f"pqi_{cell['pruner']}_s{cell['sparsity_label']}_{cell['source']}_r{cell['seed']}")
-        paths.append(plot_pqi_curve(log["iterations"], Path(out_dir) / f"{name}.png",
+        name = f"pqi_{cell['pruner']}_s{cell['sparsity_label']}_{cell['source']}_r{cell['seed']}"
+        if log.get("iterations") and name not in curves:
+            curves[name] = cell
+    stems = unique_stems({name: name for name in curves})  # a hash only where two slugs collide
+    for name, cell in curves.items():
+        paths.append(plot_pqi_curve(cell["prune_log_json"]["iterations"], Path(out_dir) / f"{stems[name]}.png",
                                     title=f"{cell['pruner']}, sparsity {cell['sparsity_label']}, replicate {cell['seed']}"))
     if not paths:
         raise SwapHwError(f"--plot: the run holds no {metric!r} values to plot")

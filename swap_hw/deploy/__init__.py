@@ -5,4 +5,9 @@ from .base import CONDITIONS, Condition, Measurement
 
 Registry.discover(__name__, __path__)
 
+
+def __getattr__(name: str):
+    """Members by CamelCase name: ``swap_hw.deploy.Analog(...)``."""
+    return CONDITIONS.attribute(name)
+
 __all__ = ["CONDITIONS", "Condition", "Measurement"]

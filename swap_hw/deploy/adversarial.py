@@ -48,7 +48,7 @@ from torch import nn
 
 from ..noise.attacks import AttackSettings, craft_adversarial, input_range_problem
 from ..errors import ConfigError
-from ..noise.hardware import HardwareConfig, program
+from ..noise.hardware import HardwareConfig, Seconds, program
 from ..seeding import derive_seed, torch_global_seed
 from .base import CONDITIONS, Condition, Measurement
 
@@ -83,7 +83,7 @@ class AdversarialCondition(Condition):
             "fields as the analog condition: noise_model, drift_compensation, keep_pruned_zero, "
             "out_noise, ...); each draw programs a new chip. None = the digital model",
         )
-        drift_time: float | None = Field(
+        drift_time: Seconds | None = Field(
             None,
             ge=0.0,
             validate_default=True,
@@ -122,7 +122,7 @@ class AdversarialCondition(Condition):
 
     def validate_scenario(self, scenario, file: str, path: str) -> None:
         """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""
-        problem = input_range_problem(scenario.spec.data)
+        problem = input_range_problem(scenario.spec.data, getattr(scenario.inline, "data", None))
         if problem:
             raise ConfigError(file, path, problem)
 

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..noise.hardware import HardwareConfig, hardware_config_of, program
+from ..noise.hardware import HardwareConfig, Seconds, hardware_config_of, program
 from ..seeding import derive_seed
 from .base import CONDITIONS, Condition, Measurement
 
@@ -35,7 +35,7 @@ class AnalogCondition(Condition):
     """Accuracy and loss on simulated analog hardware, per drift time and programming draw."""
 
     class Params(HardwareConfig):
-        drift_times: list[float] = Field(
+        drift_times: list[Seconds] = Field(
             [1.0, 3600.0, 86400.0, 31536000.0],
             min_length=1,
             validate_default=True,  # the default times are not all valid for every noise model

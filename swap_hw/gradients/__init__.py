@@ -7,4 +7,9 @@ from .per_sample import per_sample_gradients
 
 Registry.discover(__name__, __path__)
 
+
+def __getattr__(name: str):
+    """Members by CamelCase name: ``swap_hw.gradients.Analog(...)``."""
+    return GRADIENT_SOURCES.attribute(name)
+
 __all__ = ["GRADIENT_SOURCES", "OVER_BUDGET", "GradientSet", "GradientSource", "per_sample_gradients"]

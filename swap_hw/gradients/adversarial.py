@@ -55,7 +55,7 @@ class AdversarialSource(GradientSource):
 
     def validate_scenario(self, scenario, file: str, path: str) -> None:
         """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""
-        problem = input_range_problem(scenario.spec.data)
+        problem = input_range_problem(scenario.spec.data, getattr(scenario.inline, "data", None))
         if problem:
             raise ConfigError(file, path, problem)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..noise.hardware import HardwareConfig, hardware_config_of, program
+from ..noise.hardware import HardwareConfig, Seconds, hardware_config_of, program
 from ..seeding import derive_seed
 from .base import GRADIENT_SOURCES, GradientSource
 
@@ -41,7 +41,7 @@ class AnalogSource(GradientSource):
     stochastic = True
 
     class Params(HardwareConfig):
-        drift_time: float = Field(
+        drift_time: Seconds = Field(
             86400.0, ge=0.0, validate_default=True,
             description="seconds between programming and gradient collection"
         )

@@ -160,3 +160,43 @@ def _torch_func_per_sample_gradients(
         g = per_sample(pruned, x[start:stop], y[start:stop])
         X[start:stop] = torch.cat([g[s.name].reshape(stop - start, -1) for s in layout.slices], dim=1)
     return X
+
+
+def check_supported(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: Layout) -> None:
+    """Take per-sample gradients of a few examples once, before any training, so a model the
+    gradient code cannot handle fails here with the layer named, not hours into a sweep.
+
+    Raises ParameterError("layer 'name' (Type) ...") naming the innermost module whose forward
+    was running when the computation failed (or the error itself if no module was).
+    """
+    from ..errors import ParameterError
+
+    running: list[str] = []
+
+    def enter(name):
+        return lambda module, args: running.append(name)
+
+    def leave(name):
+        def hook(module, args, out):
+            if running and running[-1] == name:
+                running.pop()
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(leave(name)))
+    try:
+        per_sample_gradients(model, x[:2], y[:2], layout)
+    except Exception as exc:  # noqa: BLE001 - anything the user's model raises becomes one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if running:
+            name = running[-1]
+            kind = type(dict(model.named_modules())[name]).__name__
+            raise ParameterError(f"layer {name!r} ({kind}) cannot be handled by the per-sample gradient code: "
+                                 f"{type(exc).__name__}: {first}") from None
+        raise ParameterError(f"per-sample gradients of this model failed: {type(exc).__name__}: {first}") from None
+    finally:
+        for h in handles:
+            h.remove()

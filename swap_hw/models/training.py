@@ -7,6 +7,8 @@ import copy
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
@@ -108,23 +110,51 @@ def cached_dense_model(
     return model, False
 
 
-def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
-    """Load a user's state_dict (or a {'state_dict': ...} / {'model': ...} bundle) into `model`."""
+def read_checkpoint(path: str, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict in a checkpoint file: a state_dict, a {'state_dict': ...} / {'model': ...}
+    bundle (e.g. `export`'s), or — only with `trusted` — a pickled model object (torch.save(model)),
+    whose unpickling runs code from the file."""
     p = Path(path)
     if not p.is_file():
         raise SwapHwError(f"checkpoint not found: {path}")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise SwapHwError(f"checkpoint {path} could not be read as a torch state_dict: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state:
+    except pickle.UnpicklingError as exc:
+        if not trusted:
+            names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+            held = f"a pickled {names[0]}" if names else "a pickled object"
+            raise SwapHwError(f"checkpoint {path} holds {held}, not a plain state_dict; reading it runs code from "
+                              "the file: set model.trusted: true if you trust it, or save model.state_dict() "
+                              "instead") from None
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # noqa: BLE001 - a trusted pickle that still cannot be read
+            raise SwapHwError(f"checkpoint {path} could not be unpickled: {type(exc2).__name__}: {exc2}") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure is a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SwapHwError(f"checkpoint {path} could not be read as a torch file: {first}") from None
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    elif isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    elif isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise SwapHwError(f"checkpoint {path} does not fit the configured architecture: {first}") from None
+    elif isinstance(state, dict) and "model" in state and isinstance(state["model"], (dict, nn.Module)):
+        state = state["model"] if isinstance(state["model"], dict) else state["model"].state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SwapHwError(f"checkpoint {path} holds no state_dict (name → tensor)")
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str, trusted: bool = False) -> nn.Module:
+    """Load a user's checkpoint (see `read_checkpoint`) into `model`, which must fit it exactly."""
+    state = read_checkpoint(path, trusted)
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}"
+                 for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if names]
+        raise SwapHwError(f"checkpoint {path} does not fit the configured model ({'; '.join(parts)})")
+    model.load_state_dict(state)
     model.eval()
     return model

@@ -188,8 +188,10 @@ class _InputShaped(nn.Module):
         return self.model(x.reshape(x.shape[0], *self.shape))
 
 
-def input_range_problem(data_config) -> str | None:
+def input_range_problem(data_config, inline=None) -> str | None:
     """Why the scenario's data cannot be attacked, or None (a config-time check, cheap).
+
+    `inline`: in-memory data (a DataSplits handed to a Python Study), checked instead of the file.
 
     Attacks clip x' to [0, 1] and eps is in those units. swap_hw.data scales digits and the
     torchvision datasets to [0, 1] and divides uint8 npz inputs by 255, but passes float npz
@@ -197,6 +199,14 @@ def input_range_problem(data_config) -> str | None:
     attack. `data_config` is the scenario's DataConfig; a missing npz file is left to the data
     loader to report.
     """
+    if inline is not None:
+        for key in ("x_train", "x_test"):
+            x = getattr(inline, key)
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                return (f"attacks keep inputs in [0, 1] (eps is in those units), but the {key.split('_')[1]} "
+                        f"inputs span [{lo:g}, {hi:g}]: rescale them to [0, 1]")
+        return None
     if getattr(data_config, "name", None) != "npz" or not data_config.path:
         return None
     import numpy as np

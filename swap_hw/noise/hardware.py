@@ -79,10 +79,11 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from typing import Any, Literal, Optional
+import re
+from typing import Annotated, Any, Literal, Optional
 
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
 
@@ -121,6 +122,25 @@ TORCH_TILE_UNSUPPORTED: dict[str, tuple[str, str]] = {
     "analog_bias": ("biases stored on the crossbar (they stay digital here)", "Analog bias is not supported for the torch tile"),
 }
 
+
+
+_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+
+
+def parse_seconds(value: Any) -> Any:
+    """A time after programming in seconds: a number, or text with a unit — "1s", "30min", "1h",
+    "1d", "1w", "1y" (365 days). Anything else is left for the field's own validation to refuse."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-z]+)?\s*", value)
+        if match and (match.group(2) or "s") in _UNITS:
+            return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        raise ValueError(f"{value!r} is not a time; give seconds or a number with a unit: "
+                         f"{', '.join(_UNITS)} (e.g. 3600, '1h', '1d', '1y')")
+    return value
+
+
+# seconds after programming; YAML and Python may also write "1h", "1d", "1y"
+Seconds = Annotated[float, BeforeValidator(parse_seconds)]
 
 def _reject_torch_tile_features(data: Any) -> None:
     """Raise a ValidationError located at the first key of `data` the torch tiles cannot simulate."""

@@ -7,4 +7,9 @@ from .staged import prune_staged
 
 Registry.discover(__name__, __path__)
 
+
+def __getattr__(name: str):
+    """Members by CamelCase name: ``swap_hw.protocols.Gradual(...)``."""
+    return PROTOCOLS.attribute(name)
+
 __all__ = ["PROTOCOLS", "PruneJob", "PruningProtocol", "prune_staged"]

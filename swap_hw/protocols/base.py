@@ -23,7 +23,6 @@ from torch import nn
 
 from ..gradients import GradientSet, GradientSource
 from ..layout import Layout
-from ..models import apply_weights
 from ..pruners.base import PruneResult, Pruner, TrainingContext
 from ..registry import Component, Registry
 
@@ -74,9 +73,7 @@ class PruningProtocol(Component):
         if pruner.schedules_itself:
             grads = job.gradients() if pruner.needs_gradients else None
             result = pruner.prune(weights, grads, sparsity, training=job.training)
-            model = apply_weights(job.model, result.weights)
-            if result.buffers:  # pruners that retrain change batch-norm statistics too
-                model.load_state_dict(result.buffers, strict=False)
+            model = result.apply(job.model)
         else:
             target = pruner.target_sparsity(sparsity, weights)
             model, result = self._schedule(pruner, job, weights, target)

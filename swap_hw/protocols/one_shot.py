@@ -6,7 +6,6 @@ model with the result's weights.
 
 from __future__ import annotations
 
-from ..models import apply_weights
 from ..registry import ONE_SHOT
 from .base import PROTOCOLS, PruningProtocol
 
@@ -17,4 +16,4 @@ class OneShot(PruningProtocol):
 
     def _schedule(self, pruner, job, weights, target):
         result = pruner.prune(weights, job.gradients() if pruner.needs_gradients else None, target)
-        return apply_weights(job.model, result.weights), result
+        return result.apply(job.model), result

@@ -5,5 +5,10 @@ from .base import PRUNERS, PruneResult, Pruner, TrainingContext, hard_threshold,
 
 Registry.discover(__name__, __path__)
 
+
+def __getattr__(name: str):
+    """Members by CamelCase name: ``swap_hw.pruners.Swap(...)``."""
+    return PRUNERS.attribute(name)
+
 __all__ = ["PRUNERS", "PruneResult", "Pruner", "TrainingContext", "hard_threshold", "hard_threshold_mask",
            "kept_count"]

@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import ParameterError
 from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
+from ..models.training import apply_weights
 from ..pqi import DEFAULT_P, DEFAULT_Q, auto_sparsity, pqi_log
 from ..registry import Component, Registry
 from .schedule import check_sparsity
@@ -59,6 +60,14 @@ class PruneResult:
     # Non-parameter state of a RETRAINED network (BatchNorm running statistics), name → tensor, to
     # load next to `weights`; empty for one-shot pruners, which leave buffers as they were.
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` carrying this result: the new weights (pruned ones exactly 0) and, for
+        pruners that retrained, the retrained buffers. `model` itself is not modified."""
+        pruned = apply_weights(model, self.weights)
+        if self.buffers:
+            pruned.load_state_dict(self.buffers, strict=False)
+        return pruned
 
     @property
     def sparsity(self) -> float:

@@ -7,7 +7,9 @@ hardware draws). When both runs hold the same replicate indices (n ≥ 2) the di
 mean(d) ± t_{0.975, n−1}·s_d/√n. Pairing is exact for common random numbers (same root seed: the
 same calibration draws and hardware draws) and still valid for independent runs. Otherwise the
 Welch interval is used: (m_B − m_A) ± t_{0.975, ν}·√(s_A²/n_A + s_B²/n_B), ν by Welch–Satterthwaite.
-A difference whose interval excludes 0 is marked.
+A difference whose interval excludes 0 is marked. The paired interval is the one `report` ranks
+with (report.paired_difference). Conditions are shown by their short labels (report.short_labels)
+with one footnote line per shortened label.
 
 If each run has exactly one gradient source and they differ (the usual "same sweep, another noise
 level" comparison), rows are matched on (pruner, sparsity) alone.
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..registry import DENSE, DIGITAL
-from .report import DRIFT_TIME, LOWER_IS_BETTER, column_label, format_drift, grid_of, sparsity_sort, t_interval
+from .report import (DRIFT_TIME, LOWER_IS_BETTER, column_label, footnotes, format_drift, grid_of, markdown_cell,
+                     paired_difference, short_labels, sparsity_sort, t_interval)
 
 Row = tuple[str, str, str]  # (source, pruner, sparsity_label)
 Column = tuple[str, "float | None"]  # (condition, drift_time)
@@ -32,6 +35,28 @@ def condition_column(record: dict) -> str:
     the drift time (e.g. an attack's eps=0.1), exactly as `report` splits columns, so those are
     never averaged together."""
     return column_label(record["condition"], tuple(kv for kv in grid_of(record) if kv[0] != DRIFT_TIME))
+
+
+@dataclass
+class ShortColumns:
+    """How `condition_column` texts are shown (report.short_labels applied to their condition)."""
+    names: dict[str, str]  # column text → "analog¹ eps=0.1"
+    note_of: dict[str, str]  # column text → its footnote line, for columns whose condition was shortened
+    notes: list[str]  # every footnote line, in column order
+
+
+def short_columns(records: Iterable[dict]) -> ShortColumns:
+    """Each `condition_column` of the records with the condition's short label
+    (report.short_labels: "analog(draws=3) eps=0.1" → "analog eps=0.1"), and the footnote lines."""
+    records = list(records)
+    short = short_labels(r["condition"] for r in records)
+    names, note_of = {}, {}
+    for r in records:
+        text, cond = condition_column(r), r["condition"]
+        names[text] = column_label(short[cond], tuple(kv for kv in grid_of(r) if kv[0] != DRIFT_TIME))
+        if short[cond] != cond:
+            note_of[text] = f"{short[cond]} = {cond}"
+    return ShortColumns(names, note_of, footnotes(short))
 
 
 def replicate_means(records: Iterable[dict], metric: str) -> dict[Row, dict[Column, dict[int, float]]]:
@@ -72,6 +97,7 @@ class ComparedCell:
     b: tuple[float, float, int] | None
     diff: tuple[float, float] | None  # (B − A, ci half-width)
     paired: bool
+    label: str = ""  # the condition as shown: short label and grid tags (short_columns)
 
     @property
     def significant(self) -> bool:
@@ -84,6 +110,7 @@ class Comparison:
     cells: list[ComparedCell]
     matched_on_source: bool
     sources: tuple[str, str]  # the single source of A and of B when rows were matched without it
+    footnotes: list[str] = field(default_factory=list)  # "analog¹ = analog(…)" per shortened condition
 
 
 def _only_source(rows: Iterable[Row]) -> str | None:
@@ -100,6 +127,7 @@ def compare_records(records_a: list[dict], records_b: list[dict], metric: str = 
     def key(row: Row) -> tuple:
         return row if by_source else ("*", row[1], row[2])
 
+    shown = short_columns(r for r in [*records_a, *records_b] if r["metric"] == metric)
     ka = {key(r): r for r in ma}
     kb = {key(r): r for r in mb}
     out: list[ComparedCell] = []
@@ -118,12 +146,13 @@ def compare_records(records_a: list[dict], records_b: list[dict], metric: str = 
             if a and b:
                 if set(a) == set(b) and len(a) >= 2:
                     paired = True
-                    diff = t_interval([b[s] - a[s] for s in sorted(a)])
+                    diff = paired_difference(a, b)[:2]
                 else:
                     diff = _welch(list(a.values()), list(b.values()))
             source = k[0] if by_source else f"{sa} → {sb}"
-            out.append(ComparedCell(source, k[1], k[2], col[0], col[1], sum_a, sum_b, diff, paired))
-    return Comparison(metric, out, by_source, (sa or "", sb or ""))
+            out.append(ComparedCell(source, k[1], k[2], col[0], col[1], sum_a, sum_b, diff, paired,
+                                    shown.names.get(col[0], col[0])))
+    return Comparison(metric, out, by_source, (sa or "", sb or ""), shown.notes)
 
 
 def comparison_as_dicts(comparison: Comparison) -> list[dict[str, Any]]:
@@ -151,41 +180,73 @@ def _fmt(metric: str, mean: float, ci: float, signed: bool = False) -> str:
     return f"{m} ± {ci * scale:.{digits}f}" if not math.isnan(ci) else f"{m} ±–"
 
 
+def _comparison_grid(comparison: Comparison) -> tuple[list[str], list[list[str]], list[int], list[bool]]:
+    """Headers, rows (text), the sign of each significant Δ (+1 B better, −1 B worse, 0 not
+    significant) and where a new (source, pruner, sparsity) block starts: shared by both renderers."""
+    metric = comparison.metric
+    better_sign = -1 if metric in LOWER_IS_BETTER else 1
+    show_source = len({c.source for c in comparison.cells if c.pruner != DENSE}) > 1 or not comparison.matched_on_source
+    headers = [*(["source"] if show_source else []), "pruner", "sparsity", "condition", "A", "B", "Δ (B − A)"]
+    rows, signs, new_block = [], [], []
+    previous = None
+    for c in comparison.cells:
+        block = (c.source, c.pruner, c.sparsity)
+        new_block.append(previous is not None and block != previous)
+        previous = block
+        name = c.label or c.condition
+        cond = f"{name} @ {format_drift(c.drift_time)}" if c.drift_time is not None else name
+        a = _fmt(metric, c.a[0], c.a[1]) if c.a else "—"
+        b = _fmt(metric, c.b[0], c.b[1]) if c.b else "—"
+        d = "—" if c.diff is None else _fmt(metric, c.diff[0], c.diff[1], signed=True)
+        signs.append(0 if not c.significant else (1 if better_sign * c.diff[0] > 0 else -1))
+        rows.append([*([c.source] if show_source else []), c.pruner, c.sparsity, cond, a, b, d])
+    return headers, rows, signs, new_block
+
+
+_CAPTION = ("mean ± 95 % CI over replicates; Δ = B − A (paired by replicate when both runs hold the same "
+            "replicates, else Welch); {mark} = CI excludes 0")
+
+
 def render_comparison(comparison: Comparison, name_a: str, name_b: str, console=None) -> None:
-    """Print the comparison as a rich table: A, B and B − A (green: B better, red: B worse)."""
+    """Print the comparison as a rich table: A, B and B − A (green: B better, red: B worse), then one
+    footnote line per shortened condition label."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     metric = comparison.metric
     unit = " (%)" if metric == "accuracy" else ""
-    better_sign = -1 if metric in LOWER_IS_BETTER else 1
-    table = Table(title=f"{metric}{unit}: A = {name_a}  vs  B = {name_b}",
-                  caption="mean ± 95% CI over replicates; Δ = B − A (paired by replicate when both runs hold "
-                          "the same replicates, else Welch); bold = CI excludes 0")
-    show_source = len({c.source for c in comparison.cells if c.pruner != DENSE}) > 1 or not comparison.matched_on_source
-    if show_source:
-        table.add_column("source")
-    for col in ("pruner", "sparsity", "condition"):
-        table.add_column(col, justify="right" if col == "sparsity" else "left")
-    table.add_column("A", justify="right")
-    table.add_column("B", justify="right")
-    table.add_column("Δ (B − A)", justify="right")
-    previous = None
-    for c in comparison.cells:
-        block = (c.source, c.pruner, c.sparsity)
-        if previous is not None and block != previous:
+    table = Table(title=Text(f"{metric}{unit}: A = {name_a}  vs  B = {name_b}"), caption=_CAPTION.format(mark="bold"))
+    headers, rows, signs, new_block = _comparison_grid(comparison)
+    for h in headers:
+        table.add_column(h, justify="right" if h in ("sparsity", "A", "B", "Δ (B − A)") else "left")
+    for texts, sign, new in zip(rows, signs, new_block):
+        if new:
             table.add_section()
-        previous = block
-        cond = f"{c.condition} @ {format_drift(c.drift_time)}" if c.drift_time is not None else c.condition
-        a = _fmt(metric, c.a[0], c.a[1]) if c.a else "—"
-        b = _fmt(metric, c.b[0], c.b[1]) if c.b else "—"
-        if c.diff is None:
-            d = "—"
-        else:
-            d = _fmt(metric, c.diff[0], c.diff[1], signed=True)
-            if c.significant:
-                d = f"[bold green]{d}[/]" if better_sign * c.diff[0] > 0 else f"[bold red]{d}[/]"
-        lead = [c.source] if show_source else []
-        table.add_row(*lead, c.pruner, c.sparsity, cond, a, b, d)
+        style = {1: "bold green", -1: "bold red"}.get(sign, "")
+        table.add_row(*(Text(t) for t in texts[:-1]), Text(texts[-1], style=style))
     console.print(table)
+    for line in comparison.footnotes:
+        console.print(Text(line), highlight=False)
+
+
+def render_comparison_markdown(comparison: Comparison, name_a: str, name_b: str) -> str:
+    """The comparison as a GitHub-flavoured markdown table (a significant Δ in bold), then the caption
+    and the footnotes as plain lines."""
+    metric = comparison.metric
+    unit = " (%)" if metric == "accuracy" else ""
+    headers, rows, signs, _ = _comparison_grid(comparison)
+    right = [h in ("sparsity", "A", "B", "Δ (B − A)") for h in headers]
+    lines = [f"**{markdown_cell(f'{metric}{unit}: A = {name_a} vs B = {name_b}')}**", "",
+             "| " + " | ".join(markdown_cell(h) for h in headers) + " |",
+             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    for texts, sign in zip(rows, signs):
+        cells = [markdown_cell(t) for t in texts]
+        if sign:
+            cells[-1] = f"**{cells[-1]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _CAPTION.format(mark="bold")]
+    for note in comparison.footnotes:
+        lines += ["", markdown_cell(note)]
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """`report --plot DIR`: PNG figures of a run, from the results database only (matplotlib, Agg).
 
-Written figures (metric defaults to accuracy, shown in %):
+Written figures (metric defaults to accuracy, shown in %; each figure's title is also the PNG's
+Title text chunk):
 
 - ``<metric>_vs_sparsity__<condition>.png``: one figure per deployment condition (a condition with
   numeric grid tags, such as an attack's eps, gives one figure per value); one panel per
@@ -10,6 +11,13 @@ Written figures (metric defaults to accuracy, shown in %):
 - ``<metric>_vs_drift__<condition>.png``: for conditions whose measurements carry drift times
   (seconds after programming, log axis): one panel per (source, pruner); one line per sparsity,
   CI bands, the dense model dashed.
+
+``<condition>`` is the condition's short label as in the report's headers (report.short_labels:
+member name, superscript-numbered when two conditions share it, plus grid tags), slugged
+("analog²" → "analog_2", "adversarial eps=0.1" → "adversarial_eps=0.1"); a 6-digit hash of the
+full label is appended only when two figures would otherwise get the same name. Titles carry the
+short label, the full label when it was shortened, and how many replicates the bands are over; not
+the run id.
 
 Statistics as in `report`: a replicate's values are averaged over hardware draws first; the band is
 mean ± t_{0.975, n−1}·s/√n over replicates (no band with one replicate). Figures are built with the
@@ -26,23 +34,34 @@ from pathlib import Path
 from typing import Iterable
 
 from ..registry import DENSE, DIGITAL
-from .compare import replicate_means
+from .compare import replicate_means, short_columns
 from .report import format_drift, t_interval
 
 
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+
+
 def slug(label: str) -> str:
-    """A short file-name-safe form of a member label: its name and grid tags, plus a 6-digit hash
-    of the whole label when parameters were dropped (so labels differing only there stay apart).
-    "analog(draws=2,drift_times=[...]) " → "analog-3f2a1c"; "adversarial(...) eps=0.1" →
-    "adversarial_eps=0.1-9b0e44"; "digital" → "digital"."""
-    if "(" in label:
-        name, tags = label[: label.index("(")], label[label.rfind(")") + 1 :].strip()
-    else:
-        name, tags = label, ""
-    slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{name} {tags}".strip()).strip("_") or "x"
-    if "(" in label:
-        slug += "-" + hashlib.sha256(label.encode()).hexdigest()[:6]
-    return slug
+    """A file-name-safe form of a label: letters, digits, ".", "=" and "-" kept, superscript
+    numbers as "_N", every other run of characters one "_". "analog²" → "analog_2";
+    "adversarial eps=0.1" → "adversarial_eps=0.1"; "sap(rounds=3)" → "sap_rounds=3"."""
+    text = re.sub("[⁰¹²³⁴⁵⁶⁷⁸⁹]+", lambda m: "_" + m.group().translate(_SUPERSCRIPTS), label)
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_") or "x"
+
+
+def unique_stems(shown: dict[str, str]) -> dict[str, str]:
+    """Full label → file stem: the slug of its shown (short) label, plus "-" and a 6-digit hash of
+    the full label only where two full labels would otherwise share a stem."""
+    stems = {full: slug(short) for full, short in shown.items()}
+    counts = defaultdict(int)
+    for stem in stems.values():
+        counts[stem] += 1
+    return {full: stem if counts[stem] == 1 else f"{stem}-{hashlib.sha256(full.encode()).hexdigest()[:6]}"
+            for full, stem in stems.items()}
+
+
+def _ci_words(n: int) -> str:
+    return f"95 % CI over {n} replicates" if n > 1 else "1 replicate, no CI"
 
 
 def _stat(by_seed: dict[int, float] | None, scale: float) -> tuple[float, float] | None:
@@ -90,6 +109,15 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
     conditions = sorted({col[0] for cols in means.values() for col in cols}, key=lambda c: (c != DIGITAL, c))
     colors = _colors(len(pruners))
     paths: list[Path] = []
+    shown = short_columns(r for r in records if r["metric"] == metric)
+    stems = unique_stems({cond: shown.names.get(cond, cond) for cond in conditions})
+
+    def heading(cond: str, what: str = "") -> str:
+        """"run name — analog¹: what — 95 % CI over 3 replicates", the full label on a second line."""
+        seeds = {s for cols in means.values() for col, by_seed in cols.items() if col[0] == cond for s in by_seed}
+        name = shown.names.get(cond, cond) + (f": {what}" if what else "")
+        text = " — ".join(t for t in (title, name, _ci_words(len(seeds))) if t)
+        return text + (f"\n{shown.note_of[cond]}" if cond in shown.note_of else "")
 
     def dense_stat(col) -> tuple[float, float] | None:
         for row in dense_rows:
@@ -101,7 +129,8 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
         drifts = sorted({col[1] for cols in means.values() for col in cols if col[0] == cond},
                         key=lambda d: -1 if d is None else d)
         # ---- metric vs sparsity, one panel per (source, drift time)
-        fig, axes = _grid(max(len(sources), 1), len(drifts), f"{title} — {cond}".strip(" —"))
+        head = heading(cond)
+        fig, axes = _grid(max(len(sources), 1), len(drifts), head)
         for i, source in enumerate(sources or ["-"]):
             for j, drift in enumerate(drifts):
                 ax, col = axes[i][j], (cond, drift)
@@ -137,8 +166,8 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                     ax.set_ylabel(ylabel)
                 ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8, loc="best")
-        path = out / f"{slug(metric)}_vs_sparsity__{slug(cond)}.png"
-        fig.savefig(path, dpi=110)
+        path = out / f"{slug(metric)}_vs_sparsity__{stems[cond]}.png"
+        _save(fig, path, head)
         paths.append(path)
 
         # ---- metric vs drift time, one panel per (source, pruner), for conditions with drift times
@@ -147,7 +176,8 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
             continue
         sparsities = sorted({row[2] for row in pruned_rows}, key=lambda s: (s == "auto", float(s) if s != "auto" else 0))
         scolors = _colors(len(sparsities), cmap="viridis")
-        fig, axes = _grid(max(len(sources), 1), len(pruners), f"{title} — {cond}: {metric} vs drift time".strip(" —"))
+        head = heading(cond, f"{metric} vs drift time")
+        fig, axes = _grid(max(len(sources), 1), len(pruners), head)
         positive = all(t > 0 for t in times)
         for i, source in enumerate(sources or ["-"]):
             for j, pruner in enumerate(pruners):
@@ -177,10 +207,16 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                     ax.set_ylabel(ylabel)
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=7, loc="best")
-        path = out / f"{slug(metric)}_vs_drift__{slug(cond)}.png"
-        fig.savefig(path, dpi=110)
+        path = out / f"{slug(metric)}_vs_drift__{stems[cond]}.png"
+        _save(fig, path, head)
         paths.append(path)
     return paths
+
+
+def _save(fig, path: Path, title: str) -> None:
+    """Write the figure; its title also goes into the PNG's Title text chunk (readable without
+    looking at the picture: `PIL.Image.open(path).text["Title"]`)."""
+    fig.savefig(path, dpi=110, metadata={"Title": title})
 
 
 def _colors(n: int, cmap: str = "tab10") -> list:

@@ -1,11 +1,20 @@
-"""Reports read only the results database: summary tables (rich), JSON and CSV records.
+"""Reports read only the results database: summary tables (rich, markdown), JSON and CSV records.
 
-Summary statistic: for every (source, pruner, sparsity) row and (condition, drift time) column,
+Summary statistic: for every (source, pruner, sparsity) row and (condition, grid point) column,
 values are first averaged within a replicate (over repeated hardware draws), then reported as the
 mean over replicates ± the half-width of a 95% Student-t confidence interval over replicates
-(t_{0.975, n−1} · s / √n; shown as "±–" with a single replicate). Within each (source, sparsity)
-block the best mean of every column is marked with ★ (higher is better for accuracy, lower for
-loss); the dense reference row is not ranked.
+(t_{0.975, n−1} · s / √n; shown as "±–" with a single replicate).
+
+Stars: within each (source, sparsity) block a row gets ★ in a column only if it has the best mean
+there (higher is better, lower for metrics in LOWER_IS_BETTER) AND it is ahead of every other pruned
+row of the block by a paired 95% interval: over the replicates present in both rows, the differences
+of the replicate means have a Student-t interval that excludes 0 in the row's favour
+(`paired_difference`). With fewer than 2 paired replicates no star is possible. The dense reference
+row is not ranked. No ★ in a column means no pruner is clearly ahead there.
+
+Column labels: a condition's label can be long (`analog(draws=3,drift_times=[1.0,86400.0])`);
+headers show its member name (`short_labels`), numbered with superscripts when two different
+conditions share one, and a footnote line gives each shortened label in full.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import io
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..registry import DENSE, DIGITAL
@@ -34,6 +43,17 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
 
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def paired_difference(a: dict[Any, float], b: dict[Any, float],
+                      confidence: float = 0.95) -> tuple[float, float, int]:
+    """b − a paired by replicate: (mean, CI half-width, n) of the differences b[r] − a[r] over the
+    replicates r present in both; half-width NaN below 2 pairs, everything NaN with none."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return math.nan, math.nan, 0
+    mean, half = t_interval([b[r] - a[r] for r in common], confidence)
+    return mean, half, len(common)
 
 
 def format_drift(seconds: float | None) -> str:
@@ -72,6 +92,35 @@ def column_label(condition: str, grid: Grid) -> str:
     return f"{condition} {grid_label(grid)}" if grid else condition
 
 
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def condition_order(label: str) -> tuple:
+    """The order of conditions in every report: digital first, then by label."""
+    return (label != DIGITAL, label)
+
+
+def short_labels(conditions: Iterable[str]) -> dict[str, str]:
+    """Full condition label → its short label for headers (tables, markdown, compare, plots): the
+    member name, the text before the first "(" ("analog(draws=3)" → "analog"). When different
+    labels share a member name they are numbered with superscripts in the order their columns
+    appear (`condition_order`): "analog¹", "analog²". The one place this is decided."""
+    labels = sorted(set(conditions), key=condition_order)
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for label in labels:
+        by_name[label.split("(", 1)[0].strip() or label].append(label)
+    out = {}
+    for name, same in by_name.items():
+        for i, label in enumerate(same, 1):
+            out[label] = name if len(same) == 1 else name + str(i).translate(_SUPERSCRIPT)
+    return {label: out[label] for label in labels}
+
+
+def footnotes(short: dict[str, str]) -> list[str]:
+    """One line per shortened condition: "analog = analog(draws=3,drift_times=[1.0,86400.0])"."""
+    return [f"{s} = {full}" for full, s in short.items() if s != full]
+
+
 def _grid_sort(grid: Grid) -> tuple:
     values = dict(grid)
     return (values.get(DRIFT_TIME, -1.0), tuple((k, v) for k, v in grid if k != DRIFT_TIME))
@@ -86,6 +135,8 @@ class Summary:
     best: set[tuple[tuple, tuple]]
     realised: dict[tuple, float]  # row → mean realised sparsity (what `auto` chose; iterative pruners' reach)
     protocols: dict[tuple, str]  # row → the protocol(s) that produced it (one_shot, multi_stage, gradual, iterative)
+    replicates: dict[tuple, dict[tuple, dict[int, float]]] = field(default_factory=dict)  # row → column → replicate → mean over draws
+    short: dict[str, str] = field(default_factory=dict)  # condition → short label (short_labels)
 
     def sparsity_label(self, row: tuple) -> str:
         """The row's sparsity; when the realised one differs (auto, a target not reached) both."""
@@ -100,7 +151,24 @@ class Summary:
         return f"{label}→{real:.2f}" if differs else label
 
     def column_label(self, col: tuple[str, Grid]) -> str:
-        return column_label(*col)
+        """The column's header: the condition's short label and its grid label ("analog @ 1s")."""
+        return column_label(self.short.get(col[0], col[0]), col[1])
+
+    def footnotes(self) -> list[str]:
+        return footnotes(self.short)
+
+    def replicate_count(self) -> str:
+        """How many replicates the cells hold: "3", or "2–3" when cells differ."""
+        ns = {n for cols in self.cells.values() for _, _, n in cols.values()}
+        if not ns:
+            return "0"
+        return str(min(ns)) if len(ns) == 1 else f"{min(ns)}–{max(ns)}"
+
+    def caption(self) -> str:
+        unit = " (%)" if self.metric == "accuracy" else ""
+        n = self.replicate_count()
+        return (f"{self.metric}{unit}, mean ± 95 % CI over {n} replicates; ★ = best at that sparsity, ahead of "
+                f"every other pruner by a paired 95 % CI over {n} replicates; no ★ = none is clearly ahead")
 
 
 def make_console():
@@ -129,25 +197,24 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
             continue
         row = (r["source"], r["pruner"], r["sparsity_label"])
         if r.get("sparsity") is not None:
-            realised[row][(r["seed"], r["cell_key"])] = r["sparsity"]
+            realised[row][(r["seed"], r.get("cell_key"))] = r["sparsity"]
         col = (r["condition"], grid_of(r))
         per_seed[row][col][r["seed"]].append(r["value"])
         if r.get("protocol") and r["pruner"] != DENSE:  # the dense row is not pruned by any protocol
             protocols[row].add(r["protocol"])
         pruner_order.setdefault(r["pruner"], len(pruner_order))
     cells: dict[tuple, dict[tuple, tuple[float, float, int]]] = {}
+    replicates: dict[tuple, dict[tuple, dict[int, float]]] = {}
     columns: set[tuple] = set()
     for row, cols in per_seed.items():
-        cells[row] = {}
+        cells[row], replicates[row] = {}, {}
         for col, seeds in cols.items():
-            means = [sum(v) / len(v) for _, v in sorted(seeds.items())]
-            m, ci = t_interval(means)
-            cells[row][col] = (m, ci, len(means))
+            by_seed = {seed: sum(v) / len(v) for seed, v in sorted(seeds.items())}
+            m, ci = t_interval(list(by_seed.values()))
+            cells[row][col] = (m, ci, len(by_seed))
+            replicates[row][col] = by_seed
             columns.add(col)
-    cond_order: dict[str, int] = {}
-    for r in sorted(columns, key=lambda c: (c[0] != DIGITAL, c[0])):
-        cond_order.setdefault(r[0], len(cond_order))
-    ordered_cols = sorted(columns, key=lambda c: (cond_order[c[0]], _grid_sort(c[1])))
+    ordered_cols = sorted(columns, key=lambda c: (condition_order(c[0]), _grid_sort(c[1])))
     rows = sorted(cells, key=lambda r: (r[1] != DENSE, r[0], sparsity_sort(r[2]), r[1]))
     best: set[tuple[tuple, tuple]] = set()
     sign = -1 if metric in LOWER_IS_BETTER else 1
@@ -156,16 +223,25 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
         if row[1] != DENSE:
             blocks[(row[0], row[2])].append(row)
     for block_rows in blocks.values():
-        if len(block_rows) < 2:
-            continue
         for col in ordered_cols:
-            scored = [(sign * cells[r][col][0], r) for r in block_rows if col in cells[r]]
-            if scored:
-                top = max(s for s, _ in scored)
-                best.update((r, col) for s, r in scored if s == top)
+            present = [r for r in block_rows if col in cells[r]]
+            if len(present) < 2:
+                continue
+            top = max(sign * cells[r][col][0] for r in present)
+            for r in present:
+                if sign * cells[r][col][0] == top and all(
+                        _clearly_ahead(replicates[r][col], replicates[o][col], sign) for o in present if o != r):
+                    best.add((r, col))
     mean_realised = {row: sum(v.values()) / len(v) for row, v in realised.items() if v}
     return Summary(metric, ordered_cols, rows, cells, best, mean_realised,
-                   {row: ", ".join(sorted(v)) for row, v in protocols.items()})
+                   {row: ", ".join(sorted(v)) for row, v in protocols.items()}, replicates,
+                   short_labels(c[0] for c in ordered_cols))
+
+
+def _clearly_ahead(mine: dict[int, float], other: dict[int, float], sign: int) -> bool:
+    """Whether `mine` beats `other` by a paired 95% interval that excludes 0 (sign −1: lower is better)."""
+    mean, half, n = paired_difference(other, mine)
+    return n >= 2 and not math.isnan(half) and sign * mean - half > 0
 
 
 def _fmt(metric: str, mean: float, ci: float) -> str:
@@ -174,38 +250,83 @@ def _fmt(metric: str, mean: float, ci: float) -> str:
     return f"{m} ± {ci * scale:.{digits}f}" if not math.isnan(ci) else f"{m} ±–"
 
 
-def render_table(summary: Summary, title: str = "", console=None) -> None:
-    """Print the summary as a rich table (accuracy shown in %)."""
-    from rich.table import Table
+@dataclass
+class _Grid:
+    """The summary table as text, shared by the rich and the markdown renderers."""
+    headers: list[str]
+    right: list[bool]  # right-justified columns
+    rows: list[list[str]]
+    starred: list[set[int]]  # per row: indices of cells that carry ★
+    new_block: list[bool]  # per row: a new (source, sparsity) block starts here
 
-    console = console or make_console()
-    unit = " (%)" if summary.metric == "accuracy" else ""
-    table = Table(title=title or None, caption=f"{summary.metric}{unit}, mean ± 95% CI over replicates, ★ = best at that sparsity")
+
+def _table_grid(summary: Summary) -> _Grid:
     show_source = len({r[0] for r in summary.rows if r[1] != DENSE}) > 1
-    if show_source:
-        table.add_column("source")
-    table.add_column("pruner")
-    table.add_column("protocol")
-    table.add_column("sparsity", justify="right")
-    for col in summary.columns:
-        table.add_column(summary.column_label(col), justify="right")
+    lead = ["source"] if show_source else []
+    headers = [*lead, "pruner", "protocol", "sparsity", *(summary.column_label(c) for c in summary.columns)]
+    right = [False] * (len(lead) + 2) + [True] * (1 + len(summary.columns))
+    grid = _Grid(headers, right, [], [], [])
     previous_block = None
     for row in summary.rows:
         block = (row[0], row[2])
-        if previous_block is not None and block != previous_block:
-            table.add_section()
+        grid.new_block.append(previous_block is not None and block != previous_block)
         previous_block = block
-        values = []
+        texts, stars = [*([row[0]] if show_source else []), row[1], summary.protocols.get(row, ""),
+                        summary.sparsity_label(row)], set()
         for col in summary.columns:
             if col not in summary.cells[row]:
-                values.append("")
+                texts.append("")
                 continue
             mean, ci, _ = summary.cells[row][col]
             text = _fmt(summary.metric, mean, ci)
-            values.append(f"[bold green]★ {text}[/]" if (row, col) in summary.best else text)
-        lead = [row[0]] if show_source else []
-        table.add_row(*lead, row[1], summary.protocols.get(row, ""), summary.sparsity_label(row), *values)
+            if (row, col) in summary.best:
+                stars.add(len(texts))
+                text = f"★ {text}"
+            texts.append(text)
+        grid.rows.append(texts)
+        grid.starred.append(stars)
+    return grid
+
+
+def render_table(summary: Summary, title: str = "", console=None) -> None:
+    """Print the summary as a rich table (accuracy shown in %), its caption saying what ★ means, and
+    under it one footnote line per condition whose label was shortened in the headers."""
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or make_console()
+    table = Table(title=title or None, caption=summary.caption())
+    grid = _table_grid(summary)
+    for header, right in zip(grid.headers, grid.right):
+        table.add_column(Text(header), justify="right" if right else "left")
+    for texts, stars, new_block in zip(grid.rows, grid.starred, grid.new_block):
+        if new_block:
+            table.add_section()
+        table.add_row(*(Text(t, style="bold green" if i in stars else "") for i, t in enumerate(texts)))
     console.print(table)
+    for line in summary.footnotes():
+        console.print(Text(line), highlight=False)
+
+
+def markdown_cell(text: str) -> str:
+    """Text safe inside a markdown table cell (| and \\ escaped)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def render_markdown(summary: Summary, title: str = "") -> str:
+    """The summary as a GitHub-flavoured markdown table: the same rows, columns and ★ as the rich
+    table (blocks follow each other without separators), then the caption and the footnotes as
+    plain lines."""
+    grid = _table_grid(summary)
+    lines = [f"**{markdown_cell(title)}**", ""] if title else []
+    lines.append("| " + " | ".join(markdown_cell(h) for h in grid.headers) + " |")
+    lines.append("|" + "|".join("---:" if right else "---" for right in grid.right) + "|")
+    for texts in grid.rows:
+        lines.append("| " + " | ".join(markdown_cell(t) for t in texts) + " |")
+    lines += ["", summary.caption()]
+    for note in summary.footnotes():  # a paragraph each, so every renderer keeps them on lines of their own
+        lines += ["", markdown_cell(note)]
+    return "\n".join(lines) + "\n"
 
 
 def _flat_records(records: list[dict]) -> tuple[list[str], list[dict]]:

@@ -45,14 +45,24 @@ def scenario_of_run(store: Store, run_id: str) -> Scenario:
     if run is None:
         raise SwapHwError(f"{store.path}: no run {run_id!r}")
     resolved = json.loads(run["resolved_json"])
-    data = dict(resolved)
+    if resolved.get("inline"):
+        raise SwapHwError(f"run {run_id} was made from Python with an in-memory model or data, which the "
+                          "database does not hold; take its models from the Study's Results (pruned_model)")
+    data = {k: v for k, v in resolved.items() if k != "files"}
     # a chained source is stored as {"name": "chain", "members": [...]}; a scenario lists it as a list
     data["sources"] = [s["members"] if isinstance(s, dict) and s.get("name") == "chain" and "members" in s else s
                        for s in resolved["sources"]]
-    return parse_scenario_text(yaml.safe_dump(data, sort_keys=False), f"run {run_id}")
+    scenario = parse_scenario_text(yaml.safe_dump(data, sort_keys=False), f"run {run_id}")
+    for field, sha in (resolved.get("files") or {}).items():
+        path, now = scenario.files.get(field, ("?", None))
+        if now != sha:
+            raise SwapHwError(f"run {run_id}: {field} ({path}) no longer holds the content the run used "
+                              f"(digest {now} ≠ {sha}); restore that file to recompute its models")
+    return scenario
 
 
-def _pick(kind: str, wanted: str | None, labels: list[str], names: list[str]) -> int:
+def pick_member(kind: str, wanted: str | None, labels: list[str], names: list[str]) -> int:
+    """Index of the member a user named by label (as `report` shows it) or by unique name."""
     if wanted is None:
         if len(labels) == 1:
             return 0
@@ -66,7 +76,8 @@ def _pick(kind: str, wanted: str | None, labels: list[str], names: list[str]) ->
     raise SwapHwError(f"--{kind} {wanted!r} matches {what} {kind}s of the run; valid: {', '.join(labels)}")
 
 
-def _pick_sparsity(wanted: str, sparsities: list) -> float | str:
+def pick_sparsity(wanted: str, sparsities: list) -> float | str:
+    """The scenario's sparsity that `wanted` ("0.9", "auto") names."""
     for s in sparsities:
         if s == "auto" and wanted == "auto":
             return s
@@ -80,17 +91,6 @@ def _pick_sparsity(wanted: str, sparsities: list) -> float | str:
     raise SwapHwError(f"--sparsity {wanted!r} is not a sparsity of the run; valid: {valid}")
 
 
-def recompute_cell(scenario: Scenario, source: int, pruner: int, sparsity: float | str,
-                   replicate: int) -> tuple[PrunedCell, Prepared]:
-    """Compute one cell's pruned model again, exactly as its run did: (the PrunedCell, Prepared).
-
-    `source`, `pruner` index the scenario's members; `sparsity` is one of its sparsities. The
-    masks are what every stage kept and the weights the final model's (fine-tuned, for gradual).
-    """
-    prep = prepare(scenario)
-    return prune_cell(prep, int(source), int(pruner), sparsity, int(replicate)), prep
-
-
 @dataclass
 class ExportResult:
     path: Path
@@ -98,6 +98,55 @@ class ExportResult:
     meta: dict[str, Any]
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     masks: dict[str, torch.Tensor] = field(repr=False)
+
+
+@dataclass
+class CellChoice:
+    """One cell of a run, chosen by labels: member indices, the sparsity, the stored prune log."""
+
+    source: int
+    pruner: int
+    sparsity: float | str
+    replicate: int
+    label: str
+    stored: dict  # the stored cell: realised "sparsity", "prune_log" (None for very old cells)
+
+
+def choose_cell(store: Store, run_id: str, scenario: Scenario, pruner: str, sparsity: str | float, seed: int,
+                source: str | None = None) -> CellChoice:
+    """The finished cell (source, pruner, sparsity, replicate `seed`) of a run; labels as `report`
+    shows them, or a member name if unique in the run."""
+    pi = pick_member("pruner", pruner, [p.label for p in scenario.pruners], [p.name for p in scenario.pruners])
+    si = pick_member("source", source, [s.label for s in scenario.sources], [s.name for s in scenario.sources])
+    target = pick_sparsity(str(sparsity), list(scenario.spec.sparsities))
+    if not (0 <= int(seed) < scenario.spec.repeats):
+        raise SwapHwError(f"--seed {seed} is not a replicate of the run; valid: 0 to {scenario.spec.repeats - 1}")
+    label = sparsity_label(target)
+    pruner_c, source_c = scenario.pruners[pi], scenario.sources[si]
+    row = store.finished_cell(run_id, pruner_c.label, source_c.label, label, int(seed))
+    if row is None:
+        raise SwapHwError(f"run {run_id} holds no finished cell for pruner {pruner_c.label}, source "
+                          f"{source_c.label}, sparsity {label}, seed {seed} (run the scenario to finish it)")
+    return CellChoice(si, pi, target, int(seed), label, row)
+
+
+def verified_cell(scenario: Scenario, choice: CellChoice, prep: Prepared | None = None) -> tuple[PrunedCell, Prepared]:
+    """The chosen cell's pruned model computed again, checked bit for bit against the weights'
+    digest the run recorded (or, for cells stored without one, against the realised sparsity)."""
+    prep = prep or prepare(scenario)
+    cell = prune_cell(prep, choice.source, choice.pruner, choice.sparsity, choice.replicate)
+    digest = cell.log["weights_sha"]
+    expected = (choice.stored["prune_log"] or {}).get("weights_sha")
+    if expected is not None and digest != expected:
+        raise SwapHwError(f"recomputed weights ({digest}) differ from the ones the run evaluated ({expected}); "
+                          "the code or the dense model changed since the run — rerun it into a new database")
+    realised = choice.stored["sparsity"]
+    if expected is None and realised is not None and abs(cell.result.sparsity - realised) > 1e-9:
+        raise SwapHwError(f"recomputed sparsity {cell.result.sparsity:.6f} differs from the run's {realised:.6f}")
+    for name, mask in cell.result.masks.items():
+        if torch.any(dict(cell.model.named_parameters())[name][~mask.to(torch.bool)] != 0):
+            raise SwapHwError(f"the recomputed model has non-zero weights outside the mask of {name}")
+    return cell, prep
 
 
 def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, seed: int, out: str | Path,
@@ -110,44 +159,22 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
         if run_id is None:
             raise SwapHwError(f"{db}: --run: no run matches {run!r}")
         scenario = scenario_of_run(store, run_id)
-        pi = _pick("pruner", pruner, [p.label for p in scenario.pruners], [p.name for p in scenario.pruners])
-        si = _pick("source", source, [s.label for s in scenario.sources], [s.name for s in scenario.sources])
-        target_label = _pick_sparsity(str(sparsity), list(scenario.spec.sparsities))
-        if not (0 <= int(seed) < scenario.spec.repeats):
-            raise SwapHwError(f"--seed {seed} is not a replicate of the run; valid: 0 to {scenario.spec.repeats - 1}")
-        label = sparsity_label(target_label)
-        pruner_c, source_c = scenario.pruners[pi], scenario.sources[si]
-        row = store.finished_cell(run_id, pruner_c.label, source_c.label, label, int(seed))
-    if row is None:
-        raise SwapHwError(f"run {run_id} holds no finished cell for pruner {pruner_c.label}, source "
-                          f"{source_c.label}, sparsity {label}, seed {seed} (run the scenario to finish it)")
-    stored_log = row["prune_log"] or {}
-
-    cell, prep = recompute_cell(scenario, si, pi, target_label, int(seed))
+        choice = choose_cell(store, run_id, scenario, pruner, sparsity, seed, source)
+    cell, prep = verified_cell(scenario, choice)
     model, result, log = cell.model, cell.result, cell.log
-    digest = log["weights_sha"]
-    expected = stored_log.get("weights_sha")
-    if expected is not None and digest != expected:
-        raise SwapHwError(f"recomputed weights ({digest}) differ from the ones the run evaluated ({expected}); "
-                          "the code or the dense model changed since the run — rerun it into a new database")
-    if expected is None and row["sparsity"] is not None and abs(result.sparsity - row["sparsity"]) > 1e-9:
-        raise SwapHwError(f"recomputed sparsity {result.sparsity:.6f} differs from the run's {row['sparsity']:.6f}")
-
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     masks = {k: v.clone().to(torch.bool) for k, v in result.masks.items()}
-    for name, mask in masks.items():
-        if torch.any(state[name][~mask] != 0):
-            raise SwapHwError(f"the recomputed model has non-zero weights outside the mask of {name}")
     target = log.get("sparsity_target", log.get("auto_target"))
     spec = scenario.spec
+    pruner_c, source_c = scenario.pruners[choice.pruner], scenario.sources[choice.source]
     meta = {
         "run": run_id, "scenario": scenario.name, "pruner": pruner_c.label, "pruner_config": pruner_c.describe(),
-        "source": source_c.label, "sparsity_label": label,
+        "source": source_c.label, "sparsity_label": choice.label,
         "sparsity_target": None if target is None else float(target),
         "sparsity": float(result.sparsity), "seed": int(seed), "arch": spec.model.arch,
-        "options": dict(spec.model.options), "input_shape": list(prep.splits.input_shape),
-        "n_classes": int(prep.splits.n_classes), "data": spec.data.name, "weights_sha": digest,
-        "verified": expected is not None,
+        "factory": spec.model.factory, "options": dict(spec.model.options),
+        "input_shape": list(prep.splits.input_shape), "n_classes": int(prep.splits.n_classes), "data": spec.data.name,
+        "weights_sha": log["weights_sha"], "verified": (choice.stored["prune_log"] or {}).get("weights_sha") is not None,
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

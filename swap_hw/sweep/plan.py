@@ -15,11 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..config import Scenario, sparsity_label
-from ..digest import file_digest
 from ..registry import DENSE
 from ..seeding import derive_seed
 
@@ -80,14 +78,12 @@ class WorkUnit:
 def common_description(scenario: Scenario) -> dict[str, Any]:
     """Everything shared by all cells of a scenario that determines their values."""
     spec = scenario.spec
-    model = spec.model.model_dump(mode="json")
-    if spec.model.checkpoint:
-        model["checkpoint_sha"] = file_digest(spec.model.checkpoint) if Path(spec.model.checkpoint).is_file() else None
     return {
         "cell_version": CELL_VERSION,
         "root_seed": spec.seed,
-        "data": spec.data.model_dump(mode="json"),
-        "model": model,
+        # user files (npz data, checkpoint, factory code) by content, never by path
+        "data": scenario.data_description(),
+        "model": scenario.model_description(),
         # where X over the budget is kept changes speed, not values (each mode is tested equal to
         # the dense one), so it stays out of the keys: a run resumes after switching it
         "calibration": spec.calibration.model_dump(mode="json", exclude={"over_budget", "spill_dir"}),

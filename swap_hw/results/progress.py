@@ -1,4 +1,5 @@
-"""Progress output for `run`: a rich progress bar on a terminal, plain log lines otherwise."""
+"""Progress of a running sweep (`run`, `Study.run`): a rich progress bar on a terminal or in a
+notebook, plain log lines otherwise."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 class ProgressReporter:
     """Receives runner events (`plan`, `prepare`, `cell`, `finish`) and shows them.
 
-    On a terminal: one bar with cells done / total (cells already in the database count as done),
+    On a terminal or in a Jupyter notebook: one bar with cells done / total (cells already in the database count as done),
     elapsed and estimated time left. When stdout is not a terminal (CI, `| tee`): one line per
     event, at most one line per second for cells.
     `quiet`: nothing.
@@ -18,7 +19,7 @@ class ProgressReporter:
     def __init__(self, console, quiet: bool = False):
         self.console = console
         self.quiet = quiet
-        self.interactive = console.is_terminal and not quiet
+        self.interactive = (console.is_terminal or console.is_jupyter) and not quiet
         self._progress = None
         self._task = None
         self._last_line = 0.0

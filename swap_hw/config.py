@@ -244,6 +244,8 @@ class Scenario:
         out = self.spec.model_dump(mode="json", exclude={"multi_stage", "finetune"})
         out["name"] = self.name
         out["protocol"] = self.protocol.describe()
+        if self.spec.model.factory is not None:  # the factory stands in for the architecture
+            out["model"].pop("arch")
         out["sources"] = [s.describe() for s in self.sources]
         out["pruners"] = [p.describe() for p in self.pruners]
         out["conditions"] = [c.describe() for c in self.conditions]
@@ -281,7 +283,9 @@ class Scenario:
         return out
 
     def config_hash(self) -> str:
-        text = json.dumps(self.resolved(), sort_keys=True)
+        """The run id: a hash of the resolved configuration, less where results are written (the
+        same study run into another database, or from Python, is the same run)."""
+        text = json.dumps({k: v for k, v in self.resolved().items() if k != "output"}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

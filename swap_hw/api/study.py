@@ -23,7 +23,7 @@ from ..config import InlineInputs, Scenario, check_members, load_scenario, parse
 from ..errors import ConfigError, ParameterError, SwapHwError
 from ..registry import Component
 from ..results.progress import ProgressReporter
-from ..results.report import make_console, records_csv, render_table, summarize
+from ..results.report import describe_run, make_console, records_csv, render_markdown, render_table, summarize
 from ..results.store import Store
 from ..sweep.executors import make_executor
 from ..sweep.export import choose_cell, verified_cell
@@ -219,8 +219,18 @@ class Results:
         return summarize(self.records, metric)
 
     def table(self, metric: str = "accuracy", console: Any = None) -> None:
-        """Print the CLI's table (mean ± 95 % CI over replicates)."""
+        """Print the CLI's table (mean ± 95 % CI over replicates), after the line saying what the
+        run worked on (data, model, dense accuracy)."""
+        console = console or make_console()
+        with Store(self.db) as store:
+            info = describe_run(store.run_info(self.run_id))
+        if info:
+            console.print(info, highlight=False)
         render_table(self.summary(metric), title=f"{self.study.scenario.name} — run {self.run_id}", console=console)
+
+    def to_markdown(self, metric: str = "accuracy") -> str:
+        """The table as markdown (pastes into a paper draft or an issue)."""
+        return render_markdown(self.summary(metric), title=f"{self.study.scenario.name} — run {self.run_id}")
 
     def to_csv(self, path: str | Path | None = None) -> str:
         """The records as CSV (the same as `report --format csv`), written to `path` if given."""

@@ -74,9 +74,9 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from ..config import load_scenario
     from ..results.progress import ProgressReporter
-    from ..results.report import make_console, render_table, summarize
-    from ..sweep.run import run_scenario
+    from ..results.report import describe_run, make_console, render_table, summarize
     from ..results.store import Store
+    from ..sweep.run import run_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)  # validates everything before any work
     console = make_console()
@@ -91,12 +91,16 @@ def cmd_run(args) -> int:
                       f"{summary.db}, {summary.seconds:.1f} s")
     with Store(summary.db) as store:
         records = store.records(summary.run_id)
+        info = describe_run(store.run_info(summary.run_id))
+    if info:
+        console.print(info, highlight=False)
     render_table(summarize(records, args.metric), title=f"{scenario.name} — run {summary.run_id}", console=console)
     return 0
 
 
 def cmd_report(args) -> int:
-    from ..results.report import records_csv, records_json, render_markdown, render_table, summarize
+    from ..results.report import (describe_run, make_console, records_csv, records_json, render_markdown,
+                                  render_table, summarize)
 
     with _open_store(args.db) as store:
         if args.compare:
@@ -107,12 +111,16 @@ def cmd_report(args) -> int:
             what = f"no run matches {args.run!r}" if args.run else "the database holds no runs"
             raise SwapHwError(f"{args.db}: --run: {what}; runs: {known}")
         run = store.run(run_id)
+        info = describe_run(store.run_info(run_id))
         records = store.records(run_id)
         cell_logs = store.cell_logs(run_id) if (args.layers or args.plot) else []
     if args.plot:
         cli_sweeps.report_plot(records, args.plot, args.metric, run["name"], cell_logs)  # figures name no run id
     if args.format == "table":
-        render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
+        console = make_console()
+        if info:
+            console.print(info, highlight=False)
+        render_table(summarize(records, args.metric), title=f"{run['name']} — run {run_id}", console=console)
         if args.layers:
             from ..results.report import layer_rows, render_layers
 
@@ -120,6 +128,7 @@ def cmd_report(args) -> int:
         return 0
     if args.format == "markdown":
         text = render_markdown(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")
+        text = f"{info}\n\n{text}" if info else text
     else:
         text = records_json(records) if args.format == "json" else records_csv(records)
     if args.out:
@@ -140,12 +149,13 @@ def cmd_runs(args) -> int:
     with _open_store(args.db) as store:
         runs = store.runs()
     table = Table(title=f"runs in {args.db}")
-    for col in ("run", "name", "scenario", "status", "cells done/planned", "started"):
+    for col in ("run", "name", "scenario", "status", "cells done/planned", "started", "user files (content sha256)"):
         table.add_column(col)
     for r in runs:
         started = dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M") if r["started_at"] else ""
+        files = "\n".join(f"{field} {sha}" for field, sha in sorted(r["files"].items()))
         table.add_row(r["run_id"], r["name"], r["scenario_file"] or "", r["status"] or "",
-                      f"{r['done']}/{r['planned']}", started)
+                      f"{r['done']}/{r['planned']}", started, files)
     make_console().print(table)
     return 0
 

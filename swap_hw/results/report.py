@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..registry import DENSE, DIGITAL
+from ..registry import CLEAN, DENSE, DIGITAL
 from .store import RECORD_FIELDS
 
 LOWER_IS_BETTER = {"loss"}
@@ -171,6 +171,18 @@ class Summary:
                 f"every other pruner by a paired 95 % CI over {n} replicates; no ★ = none is clearly ahead")
 
 
+def describe_run(info: dict) -> str:
+    """The line printed before a run's table: what was pruned, on what data, and how good the
+    dense model is (empty for runs stored before this was recorded)."""
+    if not info:
+        return ""
+    shape = "×".join(str(s) for s in info["input_shape"])
+    lo, hi = info["input_range"]
+    return (f"data: {info['data']}, {info['train']} train / {info['test']} test examples, input {shape} in "
+            f"[{lo:.3g}, {hi:.3g}], {info['classes']} classes · model: {info['model']}, "
+            f"{info['prunable']:,} prunable weights · dense test accuracy {100 * info['dense_accuracy']:.1f} %")
+
+
 def make_console():
     """A rich console; when output is not a terminal (a pipe, a file, CI) it is wide enough not
     to wrap table cells, since nothing will be resized there anyway."""
@@ -215,7 +227,8 @@ def summarize(records: Iterable[dict], metric: str = "accuracy") -> Summary:
             replicates[row][col] = by_seed
             columns.add(col)
     ordered_cols = sorted(columns, key=lambda c: (condition_order(c[0]), _grid_sort(c[1])))
-    rows = sorted(cells, key=lambda r: (r[1] != DENSE, r[0], sparsity_sort(r[2]), r[1]))
+    # the dense reference first, then the identity source (clean gradients) before the noisy ones
+    rows = sorted(cells, key=lambda r: (r[1] != DENSE, r[0] != CLEAN, r[0], sparsity_sort(r[2]), r[1]))
     best: set[tuple[tuple, tuple]] = set()
     sign = -1 if metric in LOWER_IS_BETTER else 1
     blocks: dict[tuple, list[tuple]] = defaultdict(list)

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL,
     finished_at REAL,
     status TEXT,
-    invocations INTEGER DEFAULT 0
+    invocations INTEGER DEFAULT 0,
+    info_json TEXT
 );
 CREATE TABLE IF NOT EXISTS cells (
     cell_key TEXT PRIMARY KEY,
@@ -167,6 +168,8 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        if "info_json" not in self._columns("runs"):  # added after version 1; NULL for older runs
+            self.conn.execute("ALTER TABLE runs ADD COLUMN info_json TEXT")
         if "drift_time" in self._columns("measurements"):
             self._migrate_from_v1()
         self.conn.executescript(MEASUREMENTS)
@@ -263,17 +266,31 @@ class Store:
         self.conn.execute("COMMIT")
         return cur.rowcount
 
+    def set_run_info(self, run_id: str, info: dict) -> None:
+        """What the run works on (data sizes and range, model, dense accuracy), shown with its table."""
+        self.conn.execute("UPDATE runs SET info_json=? WHERE run_id=?", (_dumps(info), run_id))
+
+    def run_info(self, run_id: str) -> dict:
+        row = self.conn.execute("SELECT info_json FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        return _loads(row["info_json"], {}) if row else {}
+
     def finish_run(self, run_id: str, status: str = "finished") -> None:
         self.conn.execute("UPDATE runs SET status=?, finished_at=? WHERE run_id=?", (status, time.time(), run_id))
 
     def runs(self) -> list[dict]:
         rows = self.conn.execute(
             "SELECT r.run_id, r.name, r.scenario_file, r.status, r.started_at, r.finished_at, r.invocations,"
+            " json_extract(r.resolved_json, '$.files') AS files_json,"
             " (SELECT COUNT(*) FROM run_cells rc WHERE rc.run_id=r.run_id) AS planned,"
             " (SELECT COUNT(*) FROM run_cells rc JOIN cells c ON c.cell_key=rc.cell_key"
             "   WHERE rc.run_id=r.run_id) AS done FROM runs r ORDER BY r.started_at"
         ).fetchall()
-        return [dict(r) for r in rows]
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["files"] = _loads(d.pop("files_json"), {})  # user file → content digest the run read
+            out.append(d)
+        return out
 
     def run(self, run_id: str) -> dict | None:
         row = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()

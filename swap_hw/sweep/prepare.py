@@ -15,7 +15,7 @@ from ..digest import file_digest
 from ..errors import ConfigError, ParameterError, SwapHwError
 from ..gradients.per_sample import check_supported
 from ..layout import Layout
-from ..models import build_model, cached_dense_model, factory, load_checkpoint, prunable_names, reinitialised, train_model
+from ..models import accuracy_and_loss, build_model, cached_dense_model, factory, load_checkpoint, prunable_names, reinitialised, train_model
 from ..seeding import torch_global_seed
 from .plan import Seeds
 
@@ -31,6 +31,23 @@ class Prepared:
     seeds: Seeds
     dense_was_cached: bool = False
     init_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """What the run works on, for the reader of its table: the data (sizes, input shape and
+        range, classes), the model (what it is, how many weights are pruned) and the dense
+        model's plain test accuracy."""
+        spec, inline = self.scenario.spec, self.scenario.inline
+        x = self.splits.x_train
+        if inline is not None and inline.model is not None:
+            model = inline.model_class.rpartition(".")[2]
+        else:
+            model = spec.model.factory.rpartition(":")[2] if spec.model.factory else spec.model.arch
+        return {
+            "data": self.splits.name, "train": int(x.shape[0]), "test": int(self.splits.x_test.shape[0]),
+            "input_shape": list(self.splits.input_shape), "input_range": [float(x.min()), float(x.max())],
+            "classes": int(self.splits.n_classes), "model": model, "prunable": int(self.layout.d),
+            "dense_accuracy": accuracy_and_loss(self.dense, *self.splits.test)[0],
+        }
 
 
 def _check_files(scenario: Scenario) -> None:

@@ -83,6 +83,8 @@ def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | No
             prep = prepare(scenario)
         store.start_run(run_id, scenario.name, scenario.file, scenario.text, scenario.resolved(),
                         scenario.spec.seed, package_versions(), git_commit())
+        if prep is not None:
+            store.set_run_info(run_id, prep.describe())
         store.plan_cells(run_id, [c.key for c in cells])
         store.relabel_cells((c.key, scenario.pruners[c.pruner].label, scenario.sources[c.source].label,
                              scenario.conditions[c.condition].label)

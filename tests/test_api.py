@@ -167,3 +167,13 @@ def test_input_and_member_errors_are_parameter_errors(user):
         sh.pruners.Surgeon()
     with pytest.raises(ParameterError, match="attacks keep inputs in"):
         sh.Study(net, loader, (test[0] * 4, test[1]), conditions=["adversarial"], pruners=["magnitude"], sparsities=[0.5])
+
+
+def test_gradient_sources_take_a_dataloader_or_a_dataset(user):
+    net, _, (x, y) = user
+    as_tensors = sh.sources.Clean().collect(net, (x[:40], y[:40]), seed=0)
+    loader = DataLoader(TensorDataset(x[:40], y[:40]), batch_size=16)
+    assert torch.equal(sh.sources.Clean().collect(net, loader, seed=0).X, as_tensors.X)
+    assert torch.equal(sh.sources.Clean().collect(net, TensorDataset(x[:40], y[:40]), seed=0).X, as_tensors.X)
+    with pytest.raises(ParameterError, match="batch: expected"):
+        sh.sources.Clean().collect(net, "not data", seed=0)

@@ -8,6 +8,9 @@ from .per_sample import per_sample_gradients
 Registry.discover(__name__, __path__)
 
 
+names = GRADIENT_SOURCES.names  # the registered members' names
+
+
 def __getattr__(name: str):
     """Members by CamelCase name: ``swap_hw.gradients.Analog(...)``."""
     return GRADIENT_SOURCES.attribute(name)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..data import as_tensors
 from ..errors import SwapHwError
 from ..layout import Layout
 from ..registry import Component, Registry
@@ -34,6 +35,10 @@ GRADIENT_SOURCES: Registry["GradientSource"] = Registry("gradient source")
 
 # How X beyond calibration.memory_budget_mb is held: recomputed per product, or spilled to disk.
 OVER_BUDGET = ("recompute", "disk")
+
+
+def _is_pair_of_tensors(batch) -> bool:
+    return isinstance(batch, tuple) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)
 
 
 class GradientSource(Component):
@@ -52,7 +57,8 @@ class GradientSource(Component):
         over_budget: str = "recompute",
         spill_dir: str | None = None,
     ) -> GradientSet:
-        """Per-sample gradients of `batch`.
+        """Per-sample gradients of `batch`: (x, y) tensors, or a DataLoader / Dataset of (input,
+        label) pairs (all of it; `data.as_tensors`).
 
         memory_budget_mb: X (n·d·4 bytes) is held dense in memory when it fits this many MiB
                           (None = the default, 2048).
@@ -66,7 +72,7 @@ class GradientSource(Component):
             raise ValueError(f"over_budget must be one of {', '.join(OVER_BUDGET)}, got {over_budget!r}")
         layout = layout or Layout.from_model(model)
         budget = DEFAULT_MEMORY_BUDGET_MB if memory_budget_mb is None else float(memory_budget_mb)
-        x, y = batch
+        x, y = batch if _is_pair_of_tensors(batch) else as_tensors(batch, "batch")
         provenance: dict[str, Any] = {"source": self.describe(), "seed": int(seed), "n": int(x.shape[0])}
         x, y = self.transform_batch(model, x, y, seed, provenance)
         grad_model = self.gradient_model(model, seed, provenance)

@@ -8,6 +8,9 @@ from .staged import prune_staged
 Registry.discover(__name__, __path__)
 
 
+names = PROTOCOLS.names  # the registered members' names
+
+
 def __getattr__(name: str):
     """Members by CamelCase name: ``swap_hw.protocols.Gradual(...)``."""
     return PROTOCOLS.attribute(name)

@@ -6,6 +6,9 @@ from .base import PRUNERS, PruneResult, Pruner, TrainingContext, hard_threshold,
 Registry.discover(__name__, __path__)
 
 
+names = PRUNERS.names  # the registered members' names
+
+
 def __getattr__(name: str):
     """Members by CamelCase name: ``swap_hw.pruners.Swap(...)``."""
     return PRUNERS.attribute(name)

@@ -91,6 +91,11 @@ class Study:
         elif model is not None and model_object is None:
             raise ParameterError(f"model: expected a torch.nn.Module, an architecture name, a factory "
                                  f"'module:Name' or a mapping, got {type(model).__name__}")
+        if isinstance(sparsities, (int, float, str)):
+            sparsities = [sparsities]
+        if calibration is not None and not isinstance(calibration, (int, dict)):
+            raise ParameterError(f"calibration: the number of calibration examples or the calibration "
+                                 f"mapping, got {type(calibration).__name__}")
         if train_settings is not None:
             model_block["train"] = dict(train_settings)
         if prune_layers is not None:

@@ -1,7 +1,8 @@
 """Errors a user can act on.
 
 Every error that reaches the command line is a `SwapHwError`; the CLI prints its one-line message
-and exits with status 2. Anything else escaping is a bug in swap_hw, not in the user's input.
+and exits with status 2 (bad input) or 1 (`RunFault`: a fault while running). Anything else
+escaping is a bug in swap_hw, not in the user's input. `--debug` shows the traceback of either.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class ConfigError(SwapHwError):
         self.reason = message
         where = f"{self.file}: {field}: " if field else f"{self.file}: "
         super().__init__(where + message)
+
+
+class RunFault(SwapHwError):
+    """Something went wrong while running, not in the user's input: a full or read-only disk, a
+    locked database, a NaN in a model. The CLI exits 1 (2 is bad input); what finished is kept."""
 
 
 class ParameterError(SwapHwError, ValueError):

@@ -1,21 +1,24 @@
 """Command line: `run`, `validate`, `report`, `runs`, `export`. Thin: parse, call swap_hw, print.
 
-Exit codes: 0 success, 2 bad input (one line naming file and field, no traceback), 130 interrupted
-(finished cells are kept; run the same command again to resume).
+Exit codes: 0 success, 2 bad input (one line naming file and field, no traceback), 1 a fault while
+running (disk full, database locked, NaN; one line), 130 interrupted (finished cells are kept; run
+the same command again to resume). `--debug` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Sequence
 
 from . import sweeps as cli_sweeps
-from ..errors import SwapHwError
+from ..errors import RunFault, SwapHwError
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swap_hw", description="Prune under noisy gradients; judge on noisy hardware.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error, not just its line")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a scenario and print its summary table")
@@ -169,8 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SwapHwError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunFault) else 2
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130

@@ -429,7 +429,12 @@ _LEGACY_PROTOCOL_BLOCKS = ("multi_stage", "finetune")
 
 def set_override(data: dict, dotted: str, value_text: str, file: str) -> None:
     """Apply one ``--set a.b[0].c=value`` (or ``a.b.0.c=value``) override to raw YAML data."""
-    value = yaml.safe_load(value_text) if value_text != "" else ""
+    try:
+        value = yaml.safe_load(value_text) if value_text != "" else ""
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(file, dotted, f"--set value {value_text!r} is not valid YAML ({problem}); write a YAML "
+                                        "value, e.g. 0.05, [0.5, 0.9], {name: swap} or quoted text") from None
     parts: list[Any] = []
     for token in dotted.replace("[", ".").replace("]", "").split("."):
         if token == "":

@@ -47,6 +47,27 @@ def test_defaults_fill_in_and_resolved_config_lists_members():
         ("sparsities: [0.5]\n", "pruners", "required"),
         (GOOD + "repeats: 0\n", "repeats", "greater than or equal to 1"),
         (GOOD + "pruners: [magnitude, magnitude]\n", "pruners", "listed twice"),
+        # wrong types
+        (GOOD + "repeats: three\n", "repeats", "valid integer"),
+        (GOOD + "seed: [1, 2]\n", "seed", "valid integer"),
+        (GOOD + "data: digits\n", "data", "valid dictionary"),
+        ("pruners: magnitude\nsparsities: [0.5]\n", "pruners", "valid list"),
+        # unknown keys at every level
+        (GOOD + "data: {colour: red}\n", "data.colour", "unknown key"),
+        (GOOD + "model: {train: {epochz: 3}}\n", "model.train.epochz", "unknown key"),
+        (GOOD + "calibration: {size: 3}\n", "calibration.size", "unknown key"),
+        (GOOD + "output: {folder: x}\n", "output.folder", "unknown key"),
+        (GOOD + "conditions: [{name: analog, drift: 1}]\n", "conditions[0].drift", "unknown key"),
+        (GOOD + "protocol: {name: gradual, warmup: 1}\n", "protocol.warmup", "unknown key"),
+        # empty lists, out-of-range member parameters, unknown protocols, duplicates
+        ("pruners: []\nsparsities: [0.5]\n", "pruners", "at least 1 item"),
+        ("pruners: [magnitude]\nsparsities: []\n", "sparsities", "at least 1 item"),
+        (GOOD + "sources: [clean, clean]\n", "sources", "listed twice"),
+        ("pruners: [{name: swap, epsilon: -1}]\nsparsities: [0.5]\n", "pruners[0].epsilon", "epsilon"),
+        (GOOD + "conditions: [{name: analog, drift_times: [1s, fortnight]}]\n", "conditions[0].drift_times[1]",
+         "is not a time"),
+        (GOOD + "protocol: gradualish\n", "protocol", "unknown protocol 'gradualish'"),
+        (GOOD + "model: {train: {lr: 0}}\n", "model.train.lr", "greater than 0"),
     ],
 )
 def test_bad_fields_are_named(text, field, words):

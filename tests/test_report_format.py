@@ -218,7 +218,7 @@ def test_markdown_escapes_pipes_and_shows_the_source_column_with_several_sources
             + records({"lr": {0: 0.9, 1: 0.9}, "swap": {0: 0.8, 1: 0.8}}, source="a|b"))
     md = render_markdown(summarize(recs)).splitlines()
     assert md[0] == "| source | pruner | protocol | sparsity | digital |"
-    assert "| a\\|b | lr | one_shot | 0.5 | ★ 90.0 ± 0.0 |" in md
+    assert "| a\\|b | lr | one_shot | 0.5 | ★ 90.0 ± 0.0† |" in md  # †: a CI from 2 replicates
     assert all(line.count(" | ") == 4 for line in md[2:6])
 
 
@@ -341,3 +341,10 @@ def test_report_plot_titles_from_the_cli_carry_no_run_id(tmp_path, capsys):
         title = png_title(p)
         assert title.startswith("demo — ") and "95 % CI over 3 replicates" in title
         assert "0123456789" not in title and "run" not in title
+
+
+def test_a_ci_from_fewer_than_three_replicates_is_marked():
+    two = summarize(records({"lr": {0: 0.9, 1: 0.8}, "swap": {0: 0.8, 1: 0.7}}))
+    three = summarize(records({"lr": {0: 0.9, 1: 0.8, 2: 0.85}, "swap": {0: 0.8, 1: 0.7, 2: 0.75}}))
+    assert "†" in render_markdown(two) and "fewer than 3 replicates" in two.caption()
+    assert "†" not in render_markdown(three) and "fewer than 3" not in three.caption()

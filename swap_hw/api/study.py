@@ -163,13 +163,15 @@ class Study:
 
     # --- running ----------------------------------------------------------------------------------
 
-    def run(self, workers: int = 1, progress: bool = True, executor: Any = None) -> "Results":
+    def run(self, workers: int = 1, progress: bool = True, executor: Any = None, threads: int = 1) -> "Results":
         """Run (or resume) every cell; a progress bar in a terminal or a notebook. `workers` > 1:
         a local process pool (your model's class must then be importable by the workers: define
-        it in a module, not in the notebook). `executor`: a swap_hw.sweep.executors executor."""
+        it in a module, not in the notebook). `threads`: torch threads each cell is computed with
+        (part of the cells' identity: results of different counts are never mixed). `executor`: a
+        swap_hw.sweep.executors executor (its own thread count applies)."""
         console = make_console()
         own = executor is None
-        executor = make_executor("local", workers) if own else executor
+        executor = make_executor("local", workers, torch_threads=threads) if own else executor
         try:
             with ProgressReporter(console, quiet=not progress) as reporter:
                 summary = run_scenario(self.scenario, on_event=reporter.event, executor=executor)

@@ -53,24 +53,49 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open_store(db: str):
+    """The database `report` and `runs` read. Opened for writing (which migrates an older one);
+    a read-only one that needs no migration is read as it is."""
     from pathlib import Path
 
-    from ..results.store import Store
+    from ..results.store import SCHEMA_VERSION, ReadOnlyDatabase, Store
 
-    if not Path(db).is_file():
+    if not Path(db).exists():  # a directory or a file that is no database: the Store says which
         raise SwapHwError(f"{db}: no results database here (run a scenario first, or pass --db)")
-    return Store(db)
+    try:
+        return Store(db)
+    except ReadOnlyDatabase as exc:
+        try:
+            store = Store(db, read_only=True)
+        except SwapHwError:
+            raise exc
+        if store.version != SCHEMA_VERSION:  # an older schema needs writing to migrate
+            store.close()
+            raise exc
+        return store
 
 
 def cmd_validate(args) -> int:
+    """The scenario file, then what `run` checks before training (the data loaded and checked, the
+    model built and probed, a checkpoint read), without training; warnings go to stderr."""
     from ..config import load_scenario
+    from ..sweep.prepare import checked_inputs
     from ..sweep.run import plan_cells
 
     scenario = load_scenario(args.scenario, args.overrides)
+    checked = checked_inputs(scenario)
+    for warning in checked.warnings:
+        print(f"warning: {scenario.file}: {warning}", file=sys.stderr)
     print(f"{args.scenario}: valid — {len(plan_cells(scenario))} cells "
           f"({len(scenario.sources)} sources × {len(scenario.pruners)} pruners × "
           f"{len(scenario.spec.sparsities)} sparsities × {scenario.spec.repeats} replicates × "
           f"{len(scenario.conditions)} conditions, plus dense references)")
+    splits = checked.splits
+    model = (f"checkpoint {scenario.spec.model.checkpoint} read" if checked.checkpoint is not None
+             else "model built")
+    print(f"inputs checked: data {splits.name}, {int(splits.x_train.shape[0])} train / "
+          f"{int(splits.x_test.shape[0])} test examples, input {'×'.join(map(str, splits.input_shape))}, "
+          f"{splits.n_classes} classes; {model}, {checked.layout.d:,} prunable weights"
+          f"{f'; {len(checked.warnings)} warning(s)' if checked.warnings else ''}")
     return 0
 
 
@@ -95,6 +120,7 @@ def cmd_run(args) -> int:
     with Store(summary.db) as store:
         records = store.records(summary.run_id)
         info = describe_run(store.run_info(summary.run_id))
+    cli_sweeps.check_metric(args.metric, records, "--metric", summary.db, summary.run_id)  # the run is saved
     if info:
         console.print(info, highlight=False)
     render_table(summarize(records, args.metric), title=f"{scenario.name} — run {summary.run_id}", console=console)
@@ -105,6 +131,10 @@ def cmd_report(args) -> int:
     from ..results.report import (describe_run, make_console, records_csv, records_json, render_markdown,
                                   render_table, summarize)
 
+    if args.out:  # paths first: nothing is read (or drawn) before they are known to be usable
+        cli_sweeps.check_out_file(args.out)
+    if args.plot:
+        cli_sweeps.check_plot_dir(args.plot)
     with _open_store(args.db) as store:
         if args.compare:
             return cli_sweeps.report_compare(args, store)
@@ -117,6 +147,8 @@ def cmd_report(args) -> int:
         info = describe_run(store.run_info(run_id))
         records = store.records(run_id)
         cell_logs = store.cell_logs(run_id) if (args.layers or args.plot) else []
+    if args.plot or args.format in ("table", "markdown"):  # json/csv hold every metric
+        cli_sweeps.check_metric(args.metric, records, "--metric", args.db, run_id)
     if args.plot:
         cli_sweeps.report_plot(records, args.plot, args.metric, run["name"], cell_logs)  # figures name no run id
     if args.format == "table":
@@ -135,8 +167,7 @@ def cmd_report(args) -> int:
     else:
         text = records_json(records) if args.format == "json" else records_csv(records)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+        cli_sweeps.write_out_file(args.out, text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0

@@ -6,9 +6,10 @@ Thin like cli.py: parse, call swap_hw, print.
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 
-from ..errors import SwapHwError
+from ..errors import RunFault, SwapHwError
 
 
 def add_run_arguments(run: argparse.ArgumentParser) -> None:
@@ -40,6 +41,61 @@ def add_export_parser(sub) -> None:
     exp.add_argument("--sparsity", required=True, help="a sparsity of the run, e.g. 0.9, or auto")
     exp.add_argument("--seed", type=int, required=True, metavar="K", help="replicate index, 0 … repeats−1")
     exp.add_argument("--source", help="gradient source label (needed when the run has several)")
+
+
+# --------------------------------------------------------------------------------------------
+# paths and values the user gives: checked before any work, one line naming the flag and value
+
+
+def _os_error(what: str, exc: OSError) -> SwapHwError:
+    """An OSError writing a user's output as one line: a full or read-only disk is a RunFault."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT):
+        return RunFault(f"{what}: cannot write ({why})")
+    return SwapHwError(f"{what}: cannot write ({why}); pass another path")
+
+
+def _first_existing(path: Path) -> Path:
+    return next((a for a in (path, *path.parents) if a.exists()), path)
+
+
+def check_out_file(path: str, flag: str = "--out") -> Path:
+    """A file a command will write: not a directory, in a folder that exists."""
+    out = Path(path)
+    if out.is_dir():
+        raise SwapHwError(f"{flag} {path}: is a directory; pass a file path, e.g. {out / 'report.txt'}")
+    folder = out.parent
+    if not folder.is_dir():
+        blocker = _first_existing(folder)
+        if blocker.exists() and not blocker.is_dir():
+            raise SwapHwError(f"{flag} {path}: {blocker} is a file, not a folder; pass another path")
+        raise SwapHwError(f"{flag} {path}: the folder {folder} does not exist; create it first, or pass another path")
+    return out
+
+
+def write_out_file(path: str, text: str, flag: str = "--out") -> None:
+    out = check_out_file(path, flag)
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _os_error(f"{flag} {path}", exc) from exc
+
+
+def check_plot_dir(path: str) -> Path:
+    """The folder `--plot` writes figures into (created if missing): not a file, nor under one."""
+    out = Path(path)
+    blocker = _first_existing(out)
+    if blocker.exists() and not blocker.is_dir():
+        what = "is a file" if blocker == out else f"is under {blocker}, which is a file"
+        raise SwapHwError(f"--plot {path}: {what}, not a folder; pass a folder for the figures (created if missing)")
+    return out
+
+
+def check_metric(metric: str, records: list[dict], flag: str, db: str, run_id: str) -> None:
+    """A metric the run holds values of (none to check when it holds no records yet)."""
+    have = sorted({r["metric"] for r in records})
+    if have and metric not in have:
+        raise SwapHwError(f"{db}: {flag} {metric!r}: run {run_id} holds no such metric; valid: {', '.join(have)}")
 
 
 def executor_from_args(args):
@@ -78,10 +134,10 @@ def dry_run(scenario, db: str | None, console) -> int:
 
 
 def _resolve(store, prefix: str, db: str) -> str:
-    run_id = store.resolve_run_id(prefix)
+    run_id = store.resolve_run_id(prefix)  # several runs starting with `prefix`: SwapHwError listing them
     if run_id is None:
         known = ", ".join(r["run_id"] for r in store.runs()) or "none"
-        raise SwapHwError(f"{db}: --compare: no unique run matches {prefix!r}; runs: {known}")
+        raise SwapHwError(f"{db}: --compare: no run matches {prefix!r}; runs: {known}")
     return run_id
 
 
@@ -93,7 +149,10 @@ def report_compare(args, store) -> int:
 
     ids = [_resolve(store, prefix, args.db) for prefix in args.compare]
     runs = [store.run(i) for i in ids]
-    comparison = compare_records(store.records(ids[0]), store.records(ids[1]), args.metric)
+    records = [store.records(i) for i in ids]
+    for run_id, run_records in zip(ids, records):
+        check_metric(args.metric, run_records, "--metric", args.db, run_id)
+    comparison = compare_records(records[0], records[1], args.metric)
     if args.format == "table":
         render_comparison(comparison, f"{runs[0]['name']} ({ids[0]})", f"{runs[1]['name']} ({ids[1]})",
                           console=make_console())
@@ -113,7 +172,7 @@ def report_compare(args, store) -> int:
         writer.writerows(rows)
         text = buf.getvalue()
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        write_out_file(args.out, text)
     else:
         print(text, end="")
     return 0
@@ -122,10 +181,25 @@ def report_compare(args, store) -> int:
 def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) -> None:
     import sys
 
-    from ..results.plots import unique_stems, write_plots
+    from ..results.plots import write_plots
+
+    check_plot_dir(out_dir)
+    try:
+        paths = write_plots(records, out_dir, metric=metric, title=title)
+        paths += _pqi_curves(out_dir, cell_logs)
+    except OSError as exc:
+        raise _os_error(f"--plot {out_dir}", exc) from exc
+    if not paths:
+        raise SwapHwError(f"--plot: the run holds no {metric!r} values to plot")
+    # stderr, so `report --plot DIR --format json > out.json` still gives clean JSON
+    print(f"wrote {len(paths)} figure(s) to {out_dir}: " + ", ".join(p.name for p in paths), file=sys.stderr)
+
+
+def _pqi_curves(out_dir: str, cell_logs) -> list[Path]:
+    from ..results.plots import unique_stems
     from ..results.plots_pqi import plot_pqi_curve
 
-    paths = write_plots(records, out_dir, metric=metric, title=title)
+    paths = []
     # Iterative pruners (sap, lottery) log every prune–retrain round: PQI and accuracy against the
     # remaining weights, one figure per pruned model (the paper's fall–rise–fall diagnostic).
     curves: dict[str, dict] = {}
@@ -138,10 +212,7 @@ def report_plot(records, out_dir: str, metric: str, title: str, cell_logs=()) ->
     for name, cell in curves.items():
         paths.append(plot_pqi_curve(cell["prune_log_json"]["iterations"], Path(out_dir) / f"{stems[name]}.png",
                                     title=f"{cell['pruner']}, sparsity {cell['sparsity_label']}, replicate {cell['seed']}"))
-    if not paths:
-        raise SwapHwError(f"--plot: the run holds no {metric!r} values to plot")
-    # stderr, so `report --plot DIR --format json > out.json` still gives clean JSON
-    print(f"wrote {len(paths)} figure(s) to {out_dir}: " + ", ".join(p.name for p in paths), file=sys.stderr)
+    return paths
 
 
 def cmd_export(args) -> int:
@@ -150,7 +221,7 @@ def cmd_export(args) -> int:
     from ..sweep.export import export_pruned
     from ..results.report import make_console
 
-    if not Path(args.db).is_file():
+    if not Path(args.db).exists():  # a directory or a non-database: the Store says which
         raise SwapHwError(f"{args.db}: no results database here (run a scenario first, or pass --db)")
     result = export_pruned(args.db, args.run, args.pruner, args.sparsity, args.seed, args.out, source=args.source)
     meta = result.meta

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data import as_tensors
-from ..errors import SwapHwError
+from ..errors import RunFault, SwapHwError
 from ..layout import Layout
 from ..registry import Component, Registry
 from .gradient_set import GradientSet
@@ -87,6 +87,10 @@ class GradientSource(Component):
             return MatrixFreeGradientSet(operator, w_bar, layout, provenance)
         X = per_sample_gradients(grad_model, x, y, layout)
         X = self.perturb(X, seed, provenance)
+        if not bool(torch.isfinite(X).all()):  # a pruner would quietly step around NaN rows
+            rows = int((~torch.isfinite(X)).any(dim=1).sum())
+            raise RunFault(f"gradient source {self.label}: {rows} of {X.shape[0]} per-sample gradients are NaN/Inf "
+                           "(the dense model's outputs or the source's noise settings)")
         return GradientSet(X=X, w_bar=w_bar, layout=layout, provenance=provenance)
 
     # --- hooks: the identity by default -------------------------------------------------------

@@ -1,5 +1,10 @@
 """Dense training (cached on disk by content), masked fine-tuning, applying a pruner's weights,
-loading a user's checkpoint."""
+loading a user's checkpoint.
+
+No dense model with NaN/Inf weights leaves here: training that diverges raises RunFault (and is
+never cached), a cache file or a checkpoint holding them is refused naming the file, and so is an
+empty, truncated or corrupt file (a torch zip archive's CRCs are checked before it is read).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,16 @@ import json
 import os
 import pickle
 import re
+import struct
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from ..errors import SwapHwError
+from ..errors import RunFault, SwapHwError
 from ..seeding import torch_generator
 
 
@@ -76,6 +83,92 @@ def apply_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> nn.M
     return clone
 
 
+def nonfinite_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point parameters and buffers (or state_dict entries) holding NaN or Inf."""
+    if isinstance(source, nn.Module):
+        items = [*source.named_parameters(), *source.named_buffers()]
+    else:
+        items = list(source.items())
+    return [name for name, t in items
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def torch_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a complete torch.save file (empty; a zip archive that is truncated or
+    fails its CRC check: torch itself reads damaged tensor bytes without a word), or None."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"\x80"):  # torch's legacy (non-zip) format, a pickle: checked only by reading it
+        return None
+    if head != b"PK\x03\x04":
+        return "is not a torch.save file (neither a zip archive nor a pickle)"
+    if not zipfile.is_zipfile(path):  # its directory (written last) is missing: the file was cut short
+        return "is truncated or corrupt (an incomplete zip archive)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"is truncated or corrupt ({_first_line(exc)})"
+    if bad is not None:
+        return f"is corrupt ({bad} fails its CRC check)"
+    return None
+
+
+def _load_cached(model: nn.Module, path: Path) -> nn.Module:
+    """The cached dense model in `path`, refusing a damaged file or NaN/Inf weights (RunFault)."""
+    fix = "delete it and run again to retrain"
+    problem = torch_file_problem(path)
+    if problem:
+        raise RunFault(f"dense-model cache file {path} {problem}; {fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any failure to read our own file is a damaged file
+        raise RunFault(f"dense-model cache file {path} could not be read ({_first_line(exc)}); {fix}") from None
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise RunFault(f"dense-model cache file {path} holds NaN/Inf weights ({_names(bad)}); {fix}")
+    model.eval()
+    return model
+
+
+def _check_trained(model: nn.Module) -> None:
+    bad = nonfinite_tensors(model)
+    if bad:
+        raise RunFault(f"the dense model has NaN/Inf weights after training ({_names(bad)}); it was not cached: "
+                       "lower model.train.lr (or raise model.train.batch_size)")
+
+
+def _write_cache(model: nn.Module, path: Path, description: dict) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        tmp = None
+        (path.with_suffix(".json")).write_text(json.dumps(description, indent=2, sort_keys=True, default=str))
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        raise RunFault(f"cannot write the dense-model cache {path}: {why}; free some space or set "
+                       "output.cache_dir to a writable folder") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def cache_key(description: dict) -> str:
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -91,22 +184,20 @@ def cached_dense_model(
 
     Returns (model, was_cached). The file name is a hash of everything that determines the trained
     weights; it is written atomically so concurrent workers never read a half-written file.
+    A model with NaN/Inf weights (after training, or in the cache file) raises RunFault and is
+    never written.
     """
     model = build()
     if cache_dir is None:
-        return train(model), False
+        model = train(model)
+        _check_trained(model)
+        return model, False
     path = Path(cache_dir) / f"dense-{cache_key(description)}.pt"
     if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        model.eval()
-        return model, True
+        return _load_cached(model, path), True
     train(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    (path.with_suffix(".json")).write_text(json.dumps(description, indent=2, sort_keys=True, default=str))
+    _check_trained(model)
+    _write_cache(model, path, description)
     return model, False
 
 
@@ -117,8 +208,14 @@ def read_checkpoint(path: str, trusted: bool = False) -> dict[str, torch.Tensor]
     p = Path(path)
     if not p.is_file():
         raise SwapHwError(f"checkpoint not found: {path}")
+    resave = "save it again with torch.save(model.state_dict(), path)"
+    problem = torch_file_problem(p)
+    if problem:
+        raise SwapHwError(f"checkpoint {path} {problem}; {resave}")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
+    except (EOFError, struct.error, IndexError):  # a legacy-format file cut short
+        raise SwapHwError(f"checkpoint {path} is truncated or corrupt (its data ends early); {resave}") from None
     except pickle.UnpicklingError as exc:
         if not trusted:
             names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
@@ -129,10 +226,13 @@ def read_checkpoint(path: str, trusted: bool = False) -> dict[str, torch.Tensor]
         try:
             state = torch.load(p, map_location="cpu", weights_only=False)
         except Exception as exc2:  # noqa: BLE001 - a trusted pickle that still cannot be read
-            raise SwapHwError(f"checkpoint {path} could not be unpickled: {type(exc2).__name__}: {exc2}") from None
+            raise SwapHwError(f"checkpoint {path} could not be unpickled: {_first_line(exc2)}") from None
     except Exception as exc:  # noqa: BLE001 - any other failure is a bad file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SwapHwError(f"checkpoint {path} could not be read as a torch file: {first}") from None
+        if "EOF" in first or "corrupt" in first:
+            raise SwapHwError(f"checkpoint {path} is truncated or corrupt ({first.split('. ')[0]}); {resave}") from None
+        raise SwapHwError(f"checkpoint {path} could not be read as a torch file ({type(exc).__name__}: "
+                          f"{first}); {resave}") from None
     if isinstance(state, nn.Module):
         state = state.state_dict()
     elif isinstance(state, dict) and "state_dict" in state:
@@ -141,6 +241,10 @@ def read_checkpoint(path: str, trusted: bool = False) -> dict[str, torch.Tensor]
         state = state["model"] if isinstance(state["model"], dict) else state["model"].state_dict()
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SwapHwError(f"checkpoint {path} holds no state_dict (name → tensor)")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise SwapHwError(f"checkpoint {path} holds NaN/Inf weights ({_names(bad)}); give a checkpoint of a "
+                          "model that trained without diverging")
     return state
 
 

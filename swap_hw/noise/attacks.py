@@ -215,7 +215,11 @@ def input_range_problem(data_config, inline=None) -> str | None:
     path = Path(data_config.path)
     if not path.is_file():
         return None
-    with np.load(path) as archive:
+    try:
+        archive = np.load(path)
+    except Exception:  # noqa: BLE001 - not a readable npz: the data loader says so, naming data.path
+        return None
+    with archive:
         for key in ("x_train", "x_test"):
             if key not in archive:
                 continue

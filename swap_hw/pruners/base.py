@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
-from ..errors import ParameterError
+from ..errors import ParameterError, RunFault
 from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
 from ..models.training import apply_weights
@@ -258,6 +258,8 @@ class Pruner(Component):
         if int(mask.sum()) != k and out.log.get("scope", "global") == "global":
             raise RuntimeError(f"{self.name} kept {int(mask.sum())} weights, expected exactly {k}")
         w = torch.where(mask, out.w.reshape(-1).float(), torch.zeros(()))
+        if not bool(torch.isfinite(w).all()):  # nothing NaN leaves a pruner (its log's PQI would fail too)
+            raise RunFault(f"pruner {self.label} produced NaN/Inf weights")
         # views of the result's own fresh flat tensors: no copies
         masks = layout.unflatten(mask)
         log = {

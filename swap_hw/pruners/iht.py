@@ -231,7 +231,7 @@ def _iht_step(
         xb = prob.xv(b)
         curvature = float(xb @ xb) + prob.nlam * float(b @ b)
         slope = float(grad_q @ b)
-    if not (slope > 0 and curvature > 0):
+    if not (slope > 0 and curvature > 0 and math.isfinite(slope) and math.isfinite(curvature)):
         return None, info
     tau_star = slope / curvature
     tau_c = budget.tau_c(state.w, b, state.support)
@@ -257,12 +257,13 @@ def _iht_step(
                 break
             best, tau = trial, 2.0 * tau
     halvings = 0
-    while best.q >= state.q and halvings < max_growth:
+    # `not q < state.q` rather than `q >= state.q`: a NaN/Inf objective (overflow) is no descent
+    while not best.q < state.q and halvings < max_growth:
         tau *= 0.5
         halvings += 1
         best = candidate(tau)
     info.update(tau=tau, tau_star=tau_star, tau_c=tau_c, halvings=halvings)
-    if best.q >= state.q:
+    if not best.q < state.q:
         return None, info
     return best, info
 
@@ -305,7 +306,8 @@ def _backsolve(
     xw = prob.xv(w)
     new = _State(w, S.clone(), xw, prob.objective(plan, w, xw))
     info = {"cg_iterations": iters, "cg_relative_residual": math.sqrt(rr) / rhs_norm}
-    if new.q > state.q:  # CG cannot raise Q in exact arithmetic; float32 products might
+    # CG cannot raise Q in exact arithmetic; float32 products might, and an overflow gives NaN
+    if not new.q <= state.q or not bool(torch.isfinite(new.w).all()):
         info["rejected"] = True
         return state, info
     return new, info

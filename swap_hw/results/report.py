@@ -167,8 +167,10 @@ class Summary:
     def caption(self) -> str:
         unit = " (%)" if self.metric == "accuracy" else ""
         n = self.replicate_count()
+        few = any(k < 3 for cols in self.cells.values() for _, _, k in cols.values())
         return (f"{self.metric}{unit}, mean ± 95 % CI over {n} replicates; ★ = best at that sparsity, ahead of "
-                f"every other pruner by a paired 95 % CI over {n} replicates; no ★ = none is clearly ahead")
+                f"every other pruner by a paired 95 % CI over {n} replicates; no ★ = none is clearly ahead"
+                + (f"; {FEW} = a CI from fewer than 3 replicates (too few to trust; run more)" if few else ""))
 
 
 def describe_run(info: dict) -> str:
@@ -178,9 +180,11 @@ def describe_run(info: dict) -> str:
         return ""
     shape = "×".join(str(s) for s in info["input_shape"])
     lo, hi = info["input_range"]
-    return (f"data: {info['data']}, {info['train']} train / {info['test']} test examples, input {shape} in "
+    line = (f"data: {info['data']}, {info['train']} train / {info['test']} test examples, input {shape} in "
             f"[{lo:.3g}, {hi:.3g}], {info['classes']} classes · model: {info['model']}, "
             f"{info['prunable']:,} prunable weights · dense test accuracy {100 * info['dense_accuracy']:.1f} %")
+    # warnings the run's inputs raised (legal but suspicious data), stored with it and shown with it
+    return "\n".join([line, *(f"warning: {w}" for w in info.get("warnings") or [])])
 
 
 def make_console():
@@ -257,10 +261,16 @@ def _clearly_ahead(mine: dict[int, float], other: dict[int, float], sign: int) -
     return n >= 2 and not math.isnan(half) and sign * mean - half > 0
 
 
-def _fmt(metric: str, mean: float, ci: float) -> str:
+# A CI from 2 replicates has one degree of freedom (t = 12.7): it is shown, but marked.
+FEW = "†"
+
+
+def _fmt(metric: str, mean: float, ci: float, n: int = 3) -> str:
     scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 3)
     m = f"{mean * scale:.{digits}f}"
-    return f"{m} ± {ci * scale:.{digits}f}" if not math.isnan(ci) else f"{m} ±–"
+    if math.isnan(ci):
+        return f"{m} ±–"
+    return f"{m} ± {ci * scale:.{digits}f}{FEW if n < 3 else ''}"
 
 
 @dataclass
@@ -290,8 +300,8 @@ def _table_grid(summary: Summary) -> _Grid:
             if col not in summary.cells[row]:
                 texts.append("")
                 continue
-            mean, ci, _ = summary.cells[row][col]
-            text = _fmt(summary.metric, mean, ci)
+            mean, ci, n = summary.cells[row][col]
+            text = _fmt(summary.metric, mean, ci, n)
             if (row, col) in summary.best:
                 stars.add(len(texts))
                 text = f"★ {text}"

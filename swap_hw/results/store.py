@@ -20,16 +20,28 @@ writing.
 A cell and its measurements are written in one transaction: a crash loses at most the cell in
 flight, and a finished cell is never half-written. The `records` view joins everything into the
 long format the reports and exports read.
+
+Faults: every sqlite3 error leaves the Store as a one-line `SwapHwError` naming the file (see
+`_translate`): a directory, a file that is not a SQLite database, a damaged one, or one written by a
+newer swap_hw is bad input (exit 2); a read-only file or folder, a lock held past the busy timeout,
+a full disk or an I/O error is a `RunFault` (exit 1). Opening for writing writes (one transaction
+that creates, migrates and stamps the schema version), so an unwritable or locked database is
+found when it is opened, before any work, not when the first cell is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
+
+from ..errors import RunFault, SwapHwError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -91,6 +103,10 @@ CREATE VIEW IF NOT EXISTS records AS
 """
 SCHEMA_VERSION = 2
 
+# How long a write waits for another process's write transaction (e.g. a second `run` writing a
+# cell) before it gives up with a RunFault saying the database is locked.
+BUSY_TIMEOUT_S = 60.0
+
 # The repetition tag: values with different draws are averaged within a replicate, never columns.
 DRAW = "draw"
 
@@ -151,66 +167,210 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class ReadOnlyDatabase(RunFault):
+    """The database file or its folder is not writable (reading it may still work)."""
+
+
+def _code(exc: sqlite3.Error) -> str:
+    """The SQLite error name (SQLITE_READONLY_DIRECTORY, …), or one derived from the message."""
+    name = getattr(exc, "sqlite_errorname", None)  # Python ≥ 3.11
+    if name:
+        return name
+    text = str(exc).lower()
+    for needle, code in (("readonly", "SQLITE_READONLY"), ("locked", "SQLITE_BUSY"), ("malformed", "SQLITE_CORRUPT"),
+                         ("not a database", "SQLITE_NOTADB"), ("disk is full", "SQLITE_FULL"),
+                         ("unable to open", "SQLITE_CANTOPEN"), ("disk i/o", "SQLITE_IOERR")):
+        if needle in text:
+            return code
+    return "SQLITE_ERROR"
+
+
+def _translate(path: Path, exc: sqlite3.Error, doing: str, timeout: float = BUSY_TIMEOUT_S) -> SwapHwError:
+    """A sqlite3 error as the one line a user can act on, naming the file. Bad input (the file is not
+    a usable results database): SwapHwError; a fault of the machine or of another process: RunFault."""
+    code = _code(exc)
+    if code.startswith("SQLITE_READONLY"):
+        where = "its folder" if code == "SQLITE_READONLY_DIRECTORY" else "the file or its folder"
+        return ReadOnlyDatabase(f"{path}: the results database is read-only ({where} is not writable; found "
+                                f"while {doing}); make it writable, or pass another --db")
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return RunFault(f"{path}: the results database is locked by another process (waited {timeout:g} s while "
+                        f"{doing}); let that process finish, then run the same command again, or pass another --db")
+    if code == "SQLITE_FULL":
+        return RunFault(f"{path}: the disk is full (while {doing}); free some space and run the same command "
+                        "again: finished cells are kept")
+    if code.startswith("SQLITE_CORRUPT"):
+        return SwapHwError(f"{path}: the results database is damaged (database disk image is malformed, found "
+                           f"while {doing}); keep it aside and pass a new --db")
+    if code == "SQLITE_NOTADB":
+        return SwapHwError(f"{path}: not a SQLite database (file is not a database); pass a results database "
+                           "written by swap_hw, or a new file, with --db")
+    if code.startswith("SQLITE_CANTOPEN"):
+        return RunFault(f"{path}: cannot open or create the results database (while {doing}); its folder must "
+                        "exist and be writable, or pass another --db")
+    if code.startswith("SQLITE_IOERR"):
+        return RunFault(f"{path}: disk I/O error while {doing} ({exc}); check the disk, then run the same "
+                        "command again")
+    return RunFault(f"{path}: database error while {doing}: {' '.join(str(exc).split())}")
+
+
+def _guarded(doing: str) -> Callable[[_F], _F]:
+    """Method decorator: a sqlite3 error leaves the Store as `_translate`'s one-line error."""
+
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def guarded(self: "Store", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise _translate(self.path, exc, doing, self.timeout) from exc
+
+        return guarded  # type: ignore[return-value]
+
+    return wrap
+
+
 class Store:
     """The results database at `path`. `read_only`: open an existing file without creating,
-    migrating or writing anything (for looking, e.g. `run --dry-run`)."""
+    migrating or writing anything (for looking, e.g. `run --dry-run`).
+
+    Opening for writing writes (creates or migrates the schema and stamps its version, in one
+    transaction), so a read-only, locked or unusable database fails here, before any work. Every
+    sqlite3 error leaves the Store as a one-line SwapHwError or RunFault naming the file."""
 
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
         self.read_only = read_only
-        if read_only:
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
-            self.conn.row_factory = sqlite3.Row
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        self.timeout = BUSY_TIMEOUT_S
+        self.conn: sqlite3.Connection | None = None
+        if self.path.is_dir():
+            raise SwapHwError(f"{self.path}: is a directory, not a results database; pass a file with --db, "
+                              f"e.g. {self.path / 'swap_hw.sqlite'}")
+        if not read_only:
+            self._make_folder()
+        try:
+            self._open()
+        except BaseException as exc:
+            if self.conn is not None:
+                self.conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(self.path, exc, "opening it", self.timeout) from exc
+            raise
+
+    def _make_folder(self) -> None:
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            if isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.ENOSPC, errno.EIO):
+                raise RunFault(f"{self.path}: cannot create its folder {folder} ({why}); pass another --db") from exc
+            blocker = next((a for a in (folder, *folder.parents) if a.exists()), folder)
+            if not blocker.is_dir():
+                raise SwapHwError(f"{self.path}: {blocker} is a file, not a folder; pass another --db") from exc
+            raise SwapHwError(f"{self.path}: cannot create its folder {folder} ({why}); pass another --db") from exc
+
+    def _open(self) -> None:
+        if self.read_only:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout,
+                                        isolation_level=None)
+        else:
+            self.conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        # reading the header: "file is not a database" / "malformed" surface here
+        self.version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        self._refuse_newer(self.version)
+        if self.read_only:
+            return
+        self._use_wal()
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        if "info_json" not in self._columns("runs"):  # added after version 1; NULL for older runs
-            self.conn.execute("ALTER TABLE runs ADD COLUMN info_json TEXT")
-        if "drift_time" in self._columns("measurements"):
-            self._migrate_from_v1()
-        self.conn.executescript(MEASUREMENTS)
-        self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # One write transaction: the schema, its migrations, and the version stamp, which is a real
+        # write, so a read-only file or folder fails here (BEGIN IMMEDIATE alone does not notice a
+        # read-only file), and a second process opening the same file at the same time waits.
+        with self._transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            self._refuse_newer(version)  # stamped by another process since the first look
+            self._execute_all(SCHEMA)
+            if "info_json" not in self._columns("runs"):  # added after version 1; NULL for older runs
+                self.conn.execute("ALTER TABLE runs ADD COLUMN info_json TEXT")
+            if "drift_time" in self._columns("measurements"):
+                self._migrate_from_v1()
+            self._execute_all(MEASUREMENTS)
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.version = SCHEMA_VERSION
+
+    def _use_wal(self) -> None:
+        """Switch to write-ahead logging (readers never block the writer). Not inside a transaction;
+        and SQLite does not wait for a lock here, so a second process creating the same file at the
+        same moment retries until the busy timeout, as every other write waits."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _code(exc).startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SwapHwError(f"{self.path}: written by a newer swap_hw (schema {version} > {SCHEMA_VERSION}); "
+                              "upgrade swap_hw to use it, or pass another --db")
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE … COMMIT; rolled back on any exception (including one in BEGIN itself)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the connection is gone; SQLite rolls back on its own
+                    pass
+            raise
+
+    def _execute_all(self, script: str) -> None:
+        """Run a script statement by statement (executescript would commit the open transaction)."""
+        for statement in script.split(";"):
+            if statement.strip():
+                self.conn.execute(statement)
 
     def _columns(self, table: str) -> list[str]:
         return [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
 
     def _migrate_from_v1(self) -> None:
         """Version 1 kept drift_time in a column and every other tag in tags_json; version 2 keeps
-        every grid tag (drift_time among them) in grid_json. Rows keep their order; one transaction."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            old = self.conn.execute(
-                "SELECT cell_key, metric, value, drift_time, draw, tags_json FROM measurements ORDER BY rowid").fetchall()
-            self.conn.execute("DROP VIEW IF EXISTS records")
-            self.conn.execute("DROP TABLE measurements")
-            for statement in MEASUREMENTS.split(";"):  # not executescript: it would commit first
-                if statement.strip():
-                    self.conn.execute(statement)
-            rows = []
-            for r in old:
-                tags = _loads(r["tags_json"], {})
-                if r["drift_time"] is not None:
-                    tags["drift_time"] = r["drift_time"]
-                _, grid, other = split_tags(tags)
-                rows.append((r["cell_key"], r["metric"], r["value"], r["draw"], _dumps(grid) if grid else None,
-                             _dumps(other) if other else None))
-            self.conn.executemany("INSERT INTO measurements (cell_key, metric, value, draw, grid_json, tags_json)"
-                                  " VALUES (?,?,?,?,?,?)", rows)
-            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+        every grid tag (drift_time among them) in grid_json. Rows keep their order; runs inside the
+        opening transaction."""
+        old = self.conn.execute(
+            "SELECT cell_key, metric, value, drift_time, draw, tags_json FROM measurements ORDER BY rowid").fetchall()
+        self.conn.execute("DROP VIEW IF EXISTS records")
+        self.conn.execute("DROP TABLE measurements")
+        self._execute_all(MEASUREMENTS)
+        rows = []
+        for r in old:
+            tags = _loads(r["tags_json"], {})
+            if r["drift_time"] is not None:
+                tags["drift_time"] = r["drift_time"]
+            _, grid, other = split_tags(tags)
+            rows.append((r["cell_key"], r["metric"], r["value"], r["draw"], _dumps(grid) if grid else None,
+                         _dumps(other) if other else None))
+        self.conn.executemany("INSERT INTO measurements (cell_key, metric, value, draw, grid_json, tags_json)"
+                              " VALUES (?,?,?,?,?,?)", rows)
 
     def _has_table(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -220,11 +380,11 @@ class Store:
 
     # --- runs ---------------------------------------------------------------------------------
 
+    @_guarded("starting the run")
     def start_run(self, run_id: str, name: str, scenario_file: str, scenario_text: str,
                   resolved: dict, root_seed: int, versions: dict, git_commit: str | None) -> None:
         now = time.time()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             row = self.conn.execute("SELECT run_id FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if row is None:
                 self.conn.execute(
@@ -239,17 +399,14 @@ class Store:
                     " git_commit=?, scenario_text=? WHERE run_id=?",
                     (_dumps(versions), git_commit, scenario_text, run_id),
                 )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
+    @_guarded("recording the planned cells")
     def plan_cells(self, run_id: str, cell_keys: Iterable[str]) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.executemany("INSERT OR IGNORE INTO run_cells (run_id, cell_key) VALUES (?, ?)",
-                              [(run_id, k) for k in cell_keys])
-        self.conn.execute("COMMIT")
+        rows = [(run_id, k) for k in cell_keys]
+        with self._transaction():
+            self.conn.executemany("INSERT OR IGNORE INTO run_cells (run_id, cell_key) VALUES (?, ?)", rows)
 
+    @_guarded("relabelling cells")
     def relabel_cells(self, labels: Iterable[tuple[str, str, str, str]]) -> int:
         """Set (pruner, source, condition) display labels of existing cells, given as
         (cell_key, pruner, source, condition); returns how many changed.
@@ -259,24 +416,27 @@ class Store:
         label and split one configuration into two rows of a report. Its key, not its label, says
         what it is, so the label follows the current code."""
         rows = [(p, s, c, k, p, s, c) for k, p, s, c in labels]
-        self.conn.execute("BEGIN IMMEDIATE")
-        cur = self.conn.executemany(
-            "UPDATE cells SET pruner=?, source=?, condition=? WHERE cell_key=?"
-            " AND (pruner IS NOT ? OR source IS NOT ? OR condition IS NOT ?)", rows)
-        self.conn.execute("COMMIT")
+        with self._transaction():
+            cur = self.conn.executemany(
+                "UPDATE cells SET pruner=?, source=?, condition=? WHERE cell_key=?"
+                " AND (pruner IS NOT ? OR source IS NOT ? OR condition IS NOT ?)", rows)
         return cur.rowcount
 
+    @_guarded("recording what the run works on")
     def set_run_info(self, run_id: str, info: dict) -> None:
         """What the run works on (data sizes and range, model, dense accuracy), shown with its table."""
         self.conn.execute("UPDATE runs SET info_json=? WHERE run_id=?", (_dumps(info), run_id))
 
+    @_guarded("reading the run")
     def run_info(self, run_id: str) -> dict:
         row = self.conn.execute("SELECT info_json FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return _loads(row["info_json"], {}) if row else {}
 
+    @_guarded("finishing the run")
     def finish_run(self, run_id: str, status: str = "finished") -> None:
         self.conn.execute("UPDATE runs SET status=?, finished_at=? WHERE run_id=?", (status, time.time(), run_id))
 
+    @_guarded("listing the runs")
     def runs(self) -> list[dict]:
         rows = self.conn.execute(
             "SELECT r.run_id, r.name, r.scenario_file, r.status, r.started_at, r.finished_at, r.invocations,"
@@ -292,22 +452,31 @@ class Store:
             out.append(d)
         return out
 
+    @_guarded("reading the run")
     def run(self, run_id: str) -> dict | None:
         row = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
         return dict(row) if row else None
 
+    @_guarded("looking up the run")
     def resolve_run_id(self, prefix: str | None) -> str | None:
-        """The newest run if `prefix` is None, else the unique run whose id starts with it."""
+        """The newest run if `prefix` is None, else the unique run whose id starts with it; None if
+        no run does. A prefix that several runs start with raises SwapHwError listing them."""
+        if self.read_only and not self._has_table("runs"):
+            return None
         if prefix is None:
             row = self.conn.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
             return row["run_id"] if row else None
-        rows = self.conn.execute("SELECT run_id FROM runs WHERE run_id LIKE ?", (prefix + "%",)).fetchall()
-        if len(rows) == 1:
-            return rows[0]["run_id"]
-        return None
+        rows = self.conn.execute("SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY started_at",
+                                 (len(prefix), prefix)).fetchall()
+        if len(rows) > 1:
+            ids = ", ".join(r["run_id"] for r in rows[:10]) + (", …" if len(rows) > 10 else "")
+            raise SwapHwError(f"{self.path}: run {prefix!r} is ambiguous: {len(rows)} runs start with it ({ids}); "
+                              "give more of the id")
+        return rows[0]["run_id"] if rows else None
 
     # --- cells --------------------------------------------------------------------------------
 
+    @_guarded("reading the finished cells")
     def done_keys(self, keys: Iterable[str] | None = None) -> set[str]:
         """The keys of finished cells (among `keys`, or all)."""
         if self.read_only and not self._has_table("cells"):  # not (yet) a results database
@@ -322,10 +491,11 @@ class Store:
             done.update(r[0] for r in self.conn.execute(q, chunk))
         return done
 
+    @_guarded("writing a finished cell")
     def write_cell(self, cell: CellRecord) -> bool:
-        """Write a finished cell and its measurements atomically. False if it was already there."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        """Write a finished cell and its measurements atomically. False if it was already there
+        (e.g. written meanwhile by another process running the same scenario)."""
+        with self._transaction():
             cur = self.conn.execute(
                 "INSERT OR IGNORE INTO cells (cell_key, pruner, pruner_json, source, source_json, sparsity_label,"
                 " sparsity, seed, condition, condition_json, protocol, prune_log_json, provenance_json, seconds,"
@@ -344,12 +514,9 @@ class Store:
                 self.conn.executemany(
                     "INSERT INTO measurements (cell_key, metric, value, draw, grid_json, tags_json)"
                     " VALUES (?,?,?,?,?,?)", rows)
-            self.conn.execute("COMMIT")
-            return inserted
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+        return inserted
 
+    @_guarded("reading the records")
     def records(self, run_id: str) -> list[dict]:
         """The long-format records of a run: RECORD_FIELDS, `grid` (tag → coordinate, drift_time
         included) and `tag_<name>` for each descriptive tag."""
@@ -366,6 +533,7 @@ class Store:
             out.append(d)
         return out
 
+    @_guarded("reading a finished cell")
     def finished_cell(self, run_id: str, pruner: str, source: str, sparsity_label: str, seed: int) -> dict | None:
         """One finished cell of a run by its labels (any of its conditions): realised sparsity and
         prune log, or None."""
@@ -377,6 +545,7 @@ class Store:
             return None
         return {"sparsity": row["sparsity"], "prune_log": _loads(row["prune_log_json"])}
 
+    @_guarded("reading the cells' logs")
     def cell_logs(self, run_id: str) -> list[dict]:
         rows = self.conn.execute(
             "SELECT c.* FROM run_cells rc JOIN cells c ON c.cell_key = rc.cell_key WHERE rc.run_id=?"

@@ -7,6 +7,8 @@ and reused by every pruner and sparsity; each pruned model is evaluated under ev
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -17,6 +19,7 @@ from torch import nn
 from ..config import Scenario, sparsity_label
 from ..deploy import Condition, Measurement
 from ..digest import tensors_digest
+from ..errors import RunFault
 from ..gradients import GradientSet
 from ..layout import Layout
 from ..models import accuracy_and_loss
@@ -26,6 +29,21 @@ from ..registry import DENSE
 from ..results.store import CellRecord
 from .plan import CellSpec, WorkUnit
 from .prepare import Prepared
+
+
+@contextlib.contextmanager
+def compute_threads(n: int) -> Iterator[None]:
+    """Compute with `n` torch intra-op threads, restoring the previous count after. A cell's
+    floating-point result depends on the thread count (BLAS splits sums differently), so every cell
+    is computed at a known count, recorded in its log, and recomputed at that same count."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass
@@ -79,15 +97,41 @@ def prune_cell(prep: Prepared, source: int, pruner: int, sparsity: float | str, 
                    seed=prep.seeds.source(replicate), grads=grads, storage=scenario.spec.calibration.storage(),
                    training=training_context(prep, replicate) if member.needs_training else None,
                    train_split=(prep.splits.x_train, prep.splits.y_train))
+    where = (f"pruner {member.label} at sparsity {sparsity_label(sparsity)}, source {scenario.sources[source].label}, "
+             f"replicate {replicate}")
     t0 = time.perf_counter()
-    model, result = scenario.protocol.run(member, job, sparsity)
+    try:
+        model, result = scenario.protocol.run(member, job, sparsity)
+    except RunFault as exc:  # say which cell, and whether its gradients were the cause
+        _check_finite_gradients(job, where)
+        raise RunFault(f"{where}: {exc}; nothing of this cell was stored") from None
+    if any(not bool(torch.isfinite(w).all()) for w in result.weights.values()):
+        _check_finite_gradients(job, where)
+        raise RunFault(f"{where}: the pruner produced NaN/Inf weights; nothing of this cell was stored")
     log = dict(result.log)
     log["gradient_seconds"] = gradient_seconds
     log["prune_seconds"] = time.perf_counter() - t0  # the whole protocol; "seconds" is the solver alone
     log["weights_sha"] = tensors_digest(result.weights)  # export checks its recomputation against it
+    log["threads"] = torch.get_num_threads()  # what the weights' last bits depend on; export reuses it
     if sparsity == "auto":
         log["auto_target"] = result.log.get("sparsity_target")
     return PrunedCell(model, result, log)
+
+
+def _check_finite_gradients(job: PruneJob, where: str) -> None:
+    """Nothing NaN is stored: when a cell's weights came out NaN/Inf, say whether the gradients it
+    was given were already non-finite (a dense X is checked; a matrix-free one is not read again)."""
+    grads = job.grads
+    if grads is not None and not grads.matrix_free and not bool(torch.isfinite(grads.X).all()):
+        raise RunFault(f"{where}: the per-sample gradients are NaN/Inf, so the pruned weights are too; check the "
+                       "gradient source's noise settings and the dense model; nothing of this cell was stored")
+
+
+def _check_finite_measurements(measurements: list[Measurement], where: str) -> None:
+    bad = next((m for m in measurements if m.value is None or not math.isfinite(float(m.value))), None)
+    if bad is not None:
+        raise RunFault(f"{where}: the condition measured {bad.metric} = {bad.value} {dict(bad.tags) or ''}".rstrip()
+                       + "; nothing of this cell was stored")
 
 
 def _sparsity_of(model: nn.Module, layout: Layout) -> float:
@@ -127,6 +171,8 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
         for cell in cells:
             t0 = time.perf_counter()
             ms = scenario.conditions[cell.condition].evaluate(prep.dense, test, cond_seed)
+            _check_finite_measurements(ms, f"dense model, condition {scenario.conditions[cell.condition].label}, "
+                                           f"replicate {unit.replicate}")
             yield _cell_record(scenario, cell, ms, time.perf_counter() - t0, realised=_sparsity_of(prep.dense, prep.layout))
         return
 
@@ -148,6 +194,9 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
         for cell in group:
             t1 = time.perf_counter()
             ms = scenario.conditions[cell.condition].evaluate(pruned.model, test, cond_seed)
+            _check_finite_measurements(ms, f"pruner {scenario.pruners[pi].label} at sparsity "
+                                           f"{sparsity_label(sparsity)}, condition {scenario.conditions[cell.condition].label}, "
+                                           f"replicate {unit.replicate}")
             yield _cell_record(scenario, cell, ms, prune_seconds + time.perf_counter() - t1,
                                realised=pruned.result.sparsity, prune_log=pruned.log,
                                provenance=grads.provenance if grads is not None else None)

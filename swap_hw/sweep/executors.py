@@ -41,7 +41,7 @@ from ..config import Scenario
 from ..digest import tensors_digest
 from ..errors import SwapHwError
 from ..registry import DENSE
-from .cell import execute_unit
+from .cell import compute_threads, execute_unit
 from .plan import CellSpec, WorkUnit, plan_cells
 from .prepare import Prepared, prepare
 from ..results.store import CellRecord, Store
@@ -107,6 +107,7 @@ class Executor:
     """Turns work units into finished cell records. Use as a context manager (connects/cleans up)."""
 
     kind = "?"
+    torch_threads = 1  # intra-op threads each unit is computed with (part of the cells' keys)
 
     def describe(self) -> str:
         return self.kind
@@ -130,9 +131,15 @@ class LocalExecutor(Executor):
 
     kind = "local"
 
+    def __init__(self, torch_threads: int = 1):
+        if torch_threads < 1:
+            raise SwapHwError(f"torch threads must be at least 1, got {torch_threads}")
+        self.torch_threads = int(torch_threads)
+
     def records(self, prep: Prepared, units: list[WorkUnit], todo: set[str]) -> Iterator[CellRecord]:
-        for unit in units:
-            yield from execute_unit(prep, unit, todo)
+        with compute_threads(self.torch_threads):
+            for unit in units:
+                yield from execute_unit(prep, unit, todo)
 
 
 def _pool_context(start_method: str | None):
@@ -306,7 +313,7 @@ def make_executor(kind: str = "local", workers: int = 1, address: str | None = N
         raise SwapHwError(f"--workers must be at least 1, got {workers}")
     if kind == "local":
         if workers == 1:
-            return LocalExecutor()
+            return LocalExecutor(torch_threads or 1)
         return ProcessPoolExecutor(workers, torch_threads=torch_threads or 1)
     if kind == "dask":
         if workers != 1:
@@ -319,10 +326,10 @@ def make_executor(kind: str = "local", workers: int = 1, address: str | None = N
 # the plan, for --dry-run
 
 
-def plan_status(scenario: Scenario, db: str | Path | None = None) -> list[tuple[CellSpec, bool]]:
+def plan_status(scenario: Scenario, db: str | Path | None = None, threads: int = 1) -> list[tuple[CellSpec, bool]]:
     """Every planned cell with whether the results database already holds it. Reads only: a
     missing database is not created (nothing is done)."""
-    cells = plan_cells(scenario)
+    cells = plan_cells(scenario, threads)
     path = Path(db or scenario.spec.output.db)
     done: set[str] = set()
     if path.is_file():

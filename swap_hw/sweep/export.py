@@ -21,6 +21,7 @@ and its build arguments). It loads with ``torch.load(path, weights_only=True)``;
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -33,9 +34,9 @@ import torch
 import yaml
 
 from ..config import Scenario, parse_scenario_text, sparsity_label
-from ..errors import SwapHwError
+from ..errors import RunFault, SwapHwError
 from ..results.store import Store
-from .cell import PrunedCell, prune_cell
+from .cell import PrunedCell, compute_threads, prune_cell
 from .prepare import Prepared, prepare
 
 
@@ -134,7 +135,9 @@ def verified_cell(scenario: Scenario, choice: CellChoice, prep: Prepared | None 
     """The chosen cell's pruned model computed again, checked bit for bit against the weights'
     digest the run recorded (or, for cells stored without one, against the realised sparsity)."""
     prep = prep or prepare(scenario)
-    cell = prune_cell(prep, choice.source, choice.pruner, choice.sparsity, choice.replicate)
+    # the thread count the run computed the cell with (1 for cells stored before it was recorded)
+    with compute_threads((choice.stored["prune_log"] or {}).get("threads", 1)):
+        cell = prune_cell(prep, choice.source, choice.pruner, choice.sparsity, choice.replicate)
     digest = cell.log["weights_sha"]
     expected = (choice.stored["prune_log"] or {}).get("weights_sha")
     if expected is not None and digest != expected:
@@ -149,11 +152,37 @@ def verified_cell(scenario: Scenario, choice: CellChoice, prep: Prepared | None 
     return cell, prep
 
 
+def _output_error(out: Path, exc: OSError) -> SwapHwError:
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT):
+        return RunFault(f"{out}: cannot write the exported model ({why})")
+    return SwapHwError(f"{out}: cannot write the exported model ({why}); pass another OUT.pt")
+
+
+def writable_output(out: str | Path) -> Path:
+    """The file `export` will write, checked before any recomputation: not a directory, its folder
+    made if missing (not under a file) and writable."""
+    out = Path(out)
+    if out.is_dir():
+        raise SwapHwError(f"{out}: is a directory; export writes one file, e.g. {out / 'pruned.pt'}")
+    blocker = next((a for a in out.parents if a.exists()), out.parent)
+    if blocker.exists() and not blocker.is_dir():
+        raise SwapHwError(f"{out}: {blocker} is a file, not a folder; pass another OUT.pt")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):  # can a file be written there at all?
+            pass
+    except OSError as exc:
+        raise _output_error(out, exc) from exc
+    return out
+
+
 def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, seed: int, out: str | Path,
                   source: str | None = None) -> ExportResult:
     """Recompute the pruned model of cell (source, pruner, sparsity, replicate `seed`) of `run` and
     write it to `out`. `run` is a run id or unique prefix (None: the newest run); `pruner` and
     `source` are labels as shown by `report` (or a member name, if unique in the run)."""
+    out = writable_output(out)  # before the recomputation, which may train the dense model
     with Store(db) as store:
         run_id = store.resolve_run_id(run)
         if run_id is None:
@@ -176,15 +205,18 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
         "input_shape": list(prep.splits.input_shape), "n_classes": int(prep.splits.n_classes), "data": spec.data.name,
         "weights_sha": log["weights_sha"], "verified": (choice.stored["prune_log"] or {}).get("weights_sha") is not None,
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    except OSError as exc:
+        raise _output_error(out, exc) from exc
     os.close(fd)
     try:
         torch.save({"state_dict": state, "masks": masks, "meta": meta}, tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _output_error(out, exc) from exc
         raise
     layers = []
     for s in prep.layout.slices:

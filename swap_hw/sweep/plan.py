@@ -75,10 +75,13 @@ class WorkUnit:
     cells: tuple[CellSpec, ...]
 
 
-def common_description(scenario: Scenario) -> dict[str, Any]:
-    """Everything shared by all cells of a scenario that determines their values."""
+def common_description(scenario: Scenario, threads: int = 1) -> dict[str, Any]:
+    """Everything shared by all cells of a scenario that determines their values, the torch thread
+    count they are computed with included (in the last bits of LR / SWAP weights it does): a count
+    other than the default 1 gives cells of their own, so one database never mixes the two."""
     spec = scenario.spec
     return {
+        **({"threads": int(threads)} if int(threads) != 1 else {}),
         "cell_version": CELL_VERSION,
         "root_seed": spec.seed,
         # user files (npz data, checkpoint, factory code) by content, never by path
@@ -92,13 +95,22 @@ def common_description(scenario: Scenario) -> dict[str, Any]:
     }
 
 
+def run_id(scenario: Scenario, threads: int = 1) -> str:
+    """The run's id: the scenario's configuration hash, and the thread count when it is not 1 (a
+    run at another count computes other cells, so it is another run)."""
+    if int(threads) == 1:
+        return scenario.config_hash()
+    return hashlib.sha256(f"{scenario.config_hash()}:threads={int(threads)}".encode()).hexdigest()[:16]
+
+
 def _key(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def plan_cells(scenario: Scenario) -> list[CellSpec]:
-    """All cells of a scenario, in execution order (grouped by replicate, then source)."""
-    common = common_description(scenario)
+def plan_cells(scenario: Scenario, threads: int = 1) -> list[CellSpec]:
+    """All cells of a scenario computed with `threads` torch threads, in execution order (grouped by
+    replicate, then source)."""
+    common = common_description(scenario, threads)
     cells: list[CellSpec] = []
     for r in range(scenario.spec.repeats):
         for c, cond in enumerate(scenario.conditions):

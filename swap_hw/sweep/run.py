@@ -23,6 +23,7 @@ from ..config import Scenario
 from ..results.store import Store
 from .executors import Executor, LocalExecutor
 from .plan import group_cells, plan_cells
+from .plan import run_id as run_id_of
 from .prepare import prepare
 
 
@@ -70,8 +71,9 @@ def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | No
     emit = on_event or (lambda kind, **info: None)
     start = time.perf_counter()
     db_path = db or scenario.spec.output.db
-    cells = plan_cells(scenario)
-    run_id = scenario.config_hash()
+    executor = executor or LocalExecutor()
+    cells = plan_cells(scenario, executor.torch_threads)
+    run_id = run_id_of(scenario, executor.torch_threads)
     store = Store(db_path)
     try:
         done = store.done_keys(c.key for c in cells)
@@ -91,7 +93,7 @@ def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | No
                             for c in cells if c.key in done and c.pruner is not None)
         computed = 0
         if prep is not None:
-            with contextlib.closing((executor or LocalExecutor()).records(prep, group_cells(cells), todo)) as records:
+            with contextlib.closing(executor.records(prep, group_cells(cells), todo)) as records:
                 for record in records:
                     if store.write_cell(record):
                         computed += 1

@@ -305,3 +305,17 @@ def test_two_runs_on_one_database_at_once_lose_and_double_nothing(tmp_path):
     conn.close()
     assert len(runs) == 1 and runs[0][1] == 2 and runs[0][2] == "finished"
     assert planned == 6
+
+
+def test_dry_run_against_a_directory_is_refused(tmp_path, capsys):
+    from swap_hw.cli import main as cli_main
+
+    from snippets import TINY  # noqa: E402
+
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(TINY)
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    assert cli_main(["run", str(scenario), "--dry-run", "--db", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and err.count("\n") == 1

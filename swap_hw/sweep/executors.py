@@ -332,7 +332,7 @@ def plan_status(scenario: Scenario, db: str | Path | None = None, threads: int =
     cells = plan_cells(scenario, threads)
     path = Path(db or scenario.spec.output.db)
     done: set[str] = set()
-    if path.is_file():
+    if path.exists():  # a directory or a non-database is refused by the Store, naming it
         with Store(path, read_only=True) as store:
             done = store.done_keys(c.key for c in cells)
     return [(c, c.key in done) for c in cells]

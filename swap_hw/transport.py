@@ -129,6 +129,23 @@ class TransportResult:
             return torch.full_like(v, float(v.mean()))
         raise RuntimeError(f"transport result of method {self.method!r} holds no plan")
 
+    def row_average(self, v: torch.Tensor) -> torch.Tensor:
+        """(Π v)_i / Σ_j Π_ij = n·(Π v)_i for v on the b side (length n), i on the a side; float64.
+
+        The rows of Π index the a cloud (the dense outputs y = Xw̄), its columns the b cloud (Xw):
+        this averages v over the b samples each a sample is transported to. `barycentric` is the
+        other way round (Πᵀ): the two differ whenever Π is not symmetric."""
+        v = v.reshape(-1).to(torch.float64)
+        if self.matching is not None:  # Π[matching[j], j] = 1/n
+            out = torch.empty_like(v)
+            out[self.matching] = v
+            return out
+        if self.plan is not None:
+            return (self.plan @ v) / self.plan.sum(dim=1)
+        if self.method == "independent":
+            return torch.full_like(v, float(v.mean()))
+        raise RuntimeError(f"transport result of method {self.method!r} holds no plan")
+
     def fit_cost(self, b: torch.Tensor) -> float:
         """(n/2)·⟨Π̂, M(a, b)⟩ = ½‖ỹ − b‖² + ½·spread (see the module docstring), units of a²."""
         r = self.targets - b.reshape(-1).to(torch.float64)

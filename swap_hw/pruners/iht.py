@@ -22,8 +22,9 @@ Algorithm. Stages t = 1..T on the cubic schedule s_t = s_T + (s_0 − s_T)(1 −
 s_0 = 0 (T = 1: one shot to s_T); a stage whose k_t keeps every weight is skipped. Each stage:
 
 1. w ← H_{k_t}(w) (the previous stage's w; w̄ at the first), Π at Xw;
-2. IHT steps w ← H_k(w − τ b), with b = ∇Q ("consistent", default) or the authors' smoothed
-   residual b = Xᵀ bary_Π(Xw − y) + nλ(w − anchor) ("reference", §3; equal to ∇Q when Π = I/n;
+2. IHT steps w ← H_k(w − τ b), with b = ∇Q ("consistent", default) or the authors'
+   direction b = Xᵀ·nΠ(Xw − y) + nλ(w − anchor) ("reference", specs/swap.md §9: Π's rows index
+   the dense cloud, no transpose; equal to ∇Q when Π = I/n;
    a step where it is not a descent direction uses ∇Q instead). Step size:
      τ* = ⟨∇Q, b⟩ / (‖Xb‖² + nλ‖b‖²)                    the exact minimiser of Q along −b;
      τ_c = min_{i∈S} |w_i| / (b_i·sign(w_i) + max_{j∉S}|b_j|)  (terms with a non-positive
@@ -208,6 +209,14 @@ def _plan_at(plans: PlanProvider, xw: torch.Tensor, log: _PlanLog) -> TransportR
     return plan
 
 
+def reference_direction(prob: _Problem, plan: TransportResult, w: torch.Tensor, xw: torch.Tensor) -> torch.Tensor:
+    """The authors' direction (specs/swap.md §9): Xᵀ·nΠ(Xw − y) + nλ(w − anchor), with Π as
+    computed — rows the dense cloud y = Xw̄, columns the current cloud Xw — and no transpose:
+    (nΠr)_i = Σ_j nΠ_ij r_j averages the residuals r = Xw − y of the samples that dense sample i is
+    transported to, and weights X's row i with it. Equal to ∇Q when Π = I/n."""
+    return prob.xtu(plan.row_average(xw - prob.y)) + prob.nlam * (w - prob.anchor)
+
+
 def _iht_step(
     prob: _Problem,
     plan: TransportResult,
@@ -221,7 +230,7 @@ def _iht_step(
     info: dict[str, Any] = {"fallback": False}
     b = grad_q
     if direction == "reference":
-        b = prob.xtu(plan.barycentric(state.xw - prob.y)) + prob.nlam * (state.w - prob.anchor)
+        b = reference_direction(prob, plan, state.w, state.xw)
     xb = prob.xv(b)
     curvature = float(xb @ xb) + prob.nlam * float(b @ b)
     slope = float(grad_q @ b)

@@ -52,7 +52,8 @@ class SwapPruner(RegressionPruner):
         direction: Literal["consistent", "reference"] = Field(
             "consistent",
             description="step direction: the gradient of the frozen-plan objective (consistent) or the "
-            "authors' smoothed residual Xᵀ·nΠᵀ(Xw − y) + nλ(w − w̄) (reference)",
+            "authors' direction Xᵀ·nΠ(Xw − y) + nλ(w − w̄), Π's rows indexing the dense cloud Xw̄ and no "
+            "transpose (reference; specs/swap.md §9)",
         )
         plan_every: int = Field(
             10, ge=1, le=100000,

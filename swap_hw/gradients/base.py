@@ -85,7 +85,9 @@ class GradientSource(Component):
             else:
                 provenance.update(gradient_mode="matrix_free", memory_budget_mb=budget)
             return MatrixFreeGradientSet(operator, w_bar, layout, provenance)
-        X = per_sample_gradients(grad_model, x, y, layout)
+        chunking: dict[str, Any] = {}
+        X = per_sample_gradients(grad_model, x, y, layout, info=chunking)
+        provenance.update(chunking)  # which per-sample path ran, and its chunk size
         X = self.perturb(X, seed, provenance)
         if not bool(torch.isfinite(X).all()):  # a pruner would quietly step around NaN rows
             rows = int((~torch.isfinite(X)).any(dim=1).sum())

@@ -10,41 +10,95 @@ from torch import nn
 from ..layout import Layout
 
 
+# Memory for one chunk's per-example work (activations, unfolded inputs, per-example gradients)
+# beyond X itself; a chunk holds as many examples as fit.
+DEFAULT_CHUNK_MB = 256.0
+
+
 def per_sample_gradients(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     layout: Layout,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
+    chunk_mb: float = DEFAULT_CHUNK_MB,
+    info: dict | None = None,
 ) -> torch.Tensor:
     """(n, d) matrix of per-example cross-entropy gradients w.r.t. the layout's weights.
 
-    Row i is ∂ CE(f(x_i), y_i) / ∂w (float32), computed in chunks of `chunk_size` examples so
-    peak memory stays at about chunk_size·d floats beyond X itself. The model is used in eval mode
-    (batch norm uses running statistics, dropout off) and is not modified.
+    Row i is ∂ CE(f(x_i), y_i) / ∂w (float32). Examples are taken in chunks sized in bytes: as many
+    as fit `chunk_mb` MiB of per-chunk work (estimated from one example's activations), or exactly
+    `chunk_size` when given. The model is used in eval mode (batch norm uses running statistics,
+    dropout off) and is not modified. `info`, if given, receives the path taken and the chunk's
+    row count (recorded with the gradients' provenance).
 
-    Two paths give the same numbers:
+    Three paths give the same numbers (to float rounding):
     - Linear fast path, when every pruned tensor is an `nn.Linear` weight applied once per
-      forward and the model is built only from modules that treat examples independently
+      forward and the model is built only from modules known to treat examples independently
       (Sequential/MLPNet containers, Linear, element-wise activations, Flatten, Dropout,
       eval-mode BatchNorm1d): one batched forward + backward of Σ_i CE_i gives each layer's
       output gradient δ_i and its input a_i, and row i's block is the outer product δ_i a_iᵀ,
       written straight into X (no per-example graph, no intermediate per-layer copies).
-    - General path (any other model, e.g. convolutions): torch.func vmap over grad of a
-      single-example loss through `functional_call`.
+    - Batched path for convolutions, when every pruned tensor is the weight of an `nn.Linear` or a
+      zero-padded `nn.Conv2d` (grouped and depthwise too) applied once per forward, in any model
+      (residual connections, eval-mode BatchNorm, nested modules): the same one forward + backward,
+      and a conv's per-example weight gradient is δ_i (C_out × L) times the unfolded input
+      unfold(a_i)ᵀ (L × C_in·kh·kw / groups), per group, written into X. Examples must not
+      interact in the forward; that is checked once per call by comparing the first chunk's first
+      two rows with the torch.func path, which takes over if they differ.
+    - General path (anything else): torch.func vmap over grad of a single-example loss through
+      `functional_call`.
     """
     was_training = model.training
     model.eval()
+    # a fresh copy: batched kernels may round differently for a view at another memory offset,
+    # and the same examples must give the same X however the caller holds them
+    x = x.detach().clone(memory_format=torch.contiguous_format)
     try:
         linears = _independent_linear_layers(model, layout)
         if linears is not None:
             try:
-                return _linear_per_sample_gradients(model, x, y, layout, linears, chunk_size)
+                rows = chunk_size or _linear_rows(linears, layout)
+                X = _batched_per_sample_gradients(model, x, y, layout, linears, rows, verify=False)
+                _report(info, "linear", rows)
+                return X
             except _NotApplicable:
                 pass
-        return _torch_func_per_sample_gradients(model, x, y, layout, chunk_size)
+        layers = _batched_layers(model, layout)
+        acts, cols, max_cols = _activation_floats(model, x[:1]) if x.shape[0] else (0, 0, 0)
+        # Unfolding costs memory traffic ∝ the unfolded inputs, torch.func ∝ the per-example
+        # work; measured on 2 CPU threads: batched 3.6 s vs torch.func 5.7 s for 128 examples of
+        # MobileNetV1/32×32 (unfolded inputs 0.5·d), but 0.79 s vs 0.55 s for ResNet20 (5.7·d),
+        # so the batched path is taken where the unfolded inputs are at most BATCHED_MAX_COLS·d.
+        if layers is not None and x.shape[0] > 0 and cols <= BATCHED_MAX_COLS * layout.d:
+            try:
+                # per example: the activations autograd keeps (about twice the leaf outputs), then one
+                # layer at a time its unfolded input and its gradient block before it lands in X
+                rows = chunk_size or _rows(chunk_mb, 2 * acts + max_cols + max(m.weight.numel() for m in layers.values()))
+                X = _batched_per_sample_gradients(model, x, y, layout, layers, rows, verify=True)
+                _report(info, "batched", rows)
+                return X
+            except _NotApplicable:
+                pass
+        # vmap keeps every example's activations and its gradient (d floats) at once
+        rows = chunk_size or _rows(chunk_mb, 3 * acts + 2 * layout.d)
+        _report(info, "torch.func", rows)
+        return _torch_func_per_sample_gradients(model, x, y, layout, rows)
     finally:
         model.train(was_training)
+
+
+BATCHED_MAX_COLS = 2.0
+
+
+def _rows(chunk_mb: float, floats_per_example: int) -> int:
+    """Examples per chunk: as many as fit `chunk_mb` MiB of float32 per-example work."""
+    return max(1, int(chunk_mb * 2**20) // max(1, 4 * int(floats_per_example)))
+
+
+def _report(info: dict | None, path: str, rows: int) -> None:
+    if info is not None:
+        info.update(per_sample_path=path, chunk_rows=int(rows))
 
 
 # Leaf modules that act on each example separately in eval mode.
@@ -56,7 +110,7 @@ _PER_EXAMPLE_LEAVES = (
 
 
 class _NotApplicable(Exception):
-    """The Linear fast path found a layer applied more than once; use the general path."""
+    """A batched path found a layer applied more than once, or examples that interact."""
 
 
 def _independent_linear_layers(model: nn.Module, layout: Layout) -> dict[str, nn.Linear] | None:
@@ -83,13 +137,72 @@ def _independent_linear_layers(model: nn.Module, layout: Layout) -> dict[str, nn
     return linears
 
 
-def _linear_per_sample_gradients(
+def _batched_layers(model: nn.Module, layout: Layout) -> dict[str, nn.Module] | None:
+    """layout name → its nn.Linear / zero-padded nn.Conv2d, if every pruned tensor is one's weight."""
+    modules = dict(model.named_modules())
+    out: dict[str, nn.Module] = {}
+    for s in layout.slices:
+        owner, _, leaf = s.name.rpartition(".")
+        module = modules.get(owner)
+        ok = isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+                                               and not isinstance(module.padding, str))
+        if leaf != "weight" or not ok:
+            return None
+        out[s.name] = module
+    return out
+
+
+def _linear_rows(linears: dict[str, nn.Linear], layout: Layout, chunk_size: int = 256) -> int:
+    # Blocks are written straight into X, so a chunk only holds activations (about the summed
+    # layer widths per example, not d): take as many rows as fit in chunk_size·d floats.
+    widths = sum(m.in_features + 2 * m.out_features for m in linears.values())
+    return max(int(chunk_size), int(chunk_size) * layout.d // max(1, widths))
+
+
+def _activation_floats(model: nn.Module, x1: torch.Tensor) -> tuple[int, int, int]:
+    """For one example: (floats every leaf module outputs, floats of all convs' unfolded inputs,
+    the largest one conv's)."""
+    sizes = [0, 0, 0]
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            sizes[0] += output.numel()
+        if isinstance(module, nn.Conv2d) and isinstance(output, torch.Tensor):
+            kh, kw = module.kernel_size
+            unfolded = module.in_channels * kh * kw * output.shape[-2] * output.shape[-1]
+            sizes[1] += unfolded
+            sizes[2] = max(sizes[2], unfolded)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes[0], sizes[1], sizes[2]
+
+
+def _conv_block(module: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-example weight gradients (n, C_out, C_in/g, kh, kw) of a conv from its input a and
+    output gradient δ: per group, δ (C_out/g × L) times unfold(a)ᵀ (L × C_in/g·kh·kw)."""
+    n, g = a.shape[0], module.groups
+    cols = nn.functional.unfold(a, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                                stride=module.stride)  # (n, C_in·kh·kw, L)
+    cols = cols.view(n, g, -1, cols.shape[-1])
+    d = delta.reshape(n, g, module.out_channels // g, -1)
+    grads = torch.einsum("ngol,ngkl->ngok", d, cols)
+    return grads.reshape(n, *module.weight.shape)
+
+
+def _batched_per_sample_gradients(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     layout: Layout,
-    linears: dict[str, nn.Linear],
-    chunk_size: int,
+    layers: dict[str, nn.Module],
+    rows: int,
+    verify: bool,
 ) -> torch.Tensor:
     n = x.shape[0]
     X = torch.empty((n, layout.d), dtype=torch.float32)
@@ -103,12 +216,9 @@ def _linear_per_sample_gradients(
 
         return hook
 
-    names = list(linears)
-    # Blocks are written straight into X, so a chunk only holds activations (about the summed
-    # layer widths per example, not d): take as many rows as fit in chunk_size·d floats.
-    widths = sum(m.in_features + 2 * m.out_features for m in linears.values())
-    rows = max(int(chunk_size), int(chunk_size) * layout.d // max(1, widths))
-    handles = [linears[name].register_forward_hook(recorder(name)) for name in names]
+    names = list(layers)
+    slices = {s.name: s for s in layout.slices}
+    handles = [layers[name].register_forward_hook(recorder(name)) for name in names]
     try:
         for start in range(0, n, rows):
             stop = min(start + rows, n)
@@ -120,19 +230,38 @@ def _linear_per_sample_gradients(
                 loss = nn.functional.cross_entropy(model(xc), y[start:stop], reduction="sum")
                 deltas = torch.autograd.grad(loss, [captured[name][1] for name in names])
             for name, delta in zip(names, deltas):
-                s = next(sl for sl in layout.slices if sl.name == name)
+                s, module = slices[name], layers[name]
                 a = captured[name][0].detach()
+                block = X[start:stop, s.offset : s.stop]
+                if isinstance(module, nn.Conv2d):
+                    block.copy_(_conv_block(module, a, delta).reshape(stop - start, -1))
+                    continue
                 out_f, in_f = s.shape
-                block = X[start:stop, s.offset : s.stop].view(stop - start, out_f, in_f)
+                block = block.view(stop - start, out_f, in_f)
                 if a.dim() == 2:
                     torch.mul(delta.unsqueeze(2), a.unsqueeze(1), out=block)
                 else:  # (n, ..., in): the weight is shared over the middle positions
                     block.copy_(torch.einsum("n...o,n...i->noi", delta, a))
             captured.clear()
+            if verify and start == 0:
+                _check_independent(model, x, y, layout, X, stop)
         return X
     finally:
         for h in handles:
             h.remove()
+
+
+def _check_independent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layout: Layout, X: torch.Tensor,
+                       stop: int) -> None:
+    """The batched trick is exact only if examples do not interact in the forward: compare the
+    first chunk's first rows (computed alongside the others) with the torch.func path."""
+    if stop < 2:
+        return
+    m = min(2, stop)
+    reference = _torch_func_per_sample_gradients(model, x[:m], y[:m], layout, m)
+    scale = float(reference.abs().max()) or 1.0
+    if not torch.allclose(X[:m], reference, rtol=1e-3, atol=1e-5 * scale):
+        raise _NotApplicable("examples interact in the forward pass")
 
 
 def _torch_func_per_sample_gradients(

@@ -14,7 +14,14 @@ random inputs), n = 1000 examples, it prints wall-clock seconds (median of `--re
 
 Targets: swap_hw ≥ 4× faster than the loop, and within 3× of the write-X time.
 
-    python bench/gradient_collection.py [--n 1000] [--repeats 5] [--threads 1]
+`--zoo` (issue: the per-sample engine at its floor) measures ResNet20 and MobileNetV1 on 32×32
+inputs (n = 1000 by default; MobileNetV1's X is then 12.8 GB: `--n 256` fits 24 GB), each in a
+fresh process so its peak memory is its own: swap_hw's path (which one
+ran and its byte-sized chunk), the floor (one batched forward + backward over the n examples plus
+writing X), torch.func at the engine's chunk, a per-example loop (timed on 100 examples, scaled to
+n), and the process's peak resident memory. Target: swap_hw ≤ 1.5× the floor.
+
+    python bench/gradient_collection.py [--n 1000] [--repeats 5] [--threads 1] [--zoo]
 
 One thread by default: on a shared, oversubscribed machine OpenMP threads spin-wait and a
 2-thread run of these small kernels was measured 30–50× slower than a 1-thread run.
@@ -123,14 +130,83 @@ def bench_case(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, r
         print(f"  analog source         {t['analog'] * 1e3 * 1000 / n:9.1f} ms per 1000 samples")
 
 
+def zoo_case(arch: str, n: int, repeats: int) -> None:
+    """One zoo architecture on 32×32 inputs (run in its own process, for its peak memory)."""
+    import resource
+
+    from swap_hw.gradients.per_sample import _torch_func_per_sample_gradients, per_sample_gradients
+    from swap_hw.layout import Layout
+    from swap_hw.models import build_model, prunable_names
+
+    options = {"variant": "cifar"} if arch == "mobilenetv1" else {}
+    model = build_model(arch, (3, 32, 32), 10, seed=0, **options).eval()
+    layout = Layout.from_model(model, include=prunable_names(model))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand((n, 3, 32, 32), generator=gen), torch.randint(0, 10, (n,), generator=gen)
+    params = [p for p in model.parameters()]
+
+    def floor() -> torch.Tensor:
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+        return write_matrix(n, layout.d)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    info: dict = {}
+    start = time.perf_counter()
+    X = per_sample_gradients(model, x, y, layout, info=info)
+    first = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    del X
+    fns = {"swap_hw": lambda: per_sample_gradients(model, x, y, layout),
+           "floor": floor,
+           "torch.func": lambda: _torch_func_per_sample_gradients(model, x, y, layout, info["chunk_rows"])}
+    # interleaved, but each X freed at once: at MobileNetV1 size one X is n·12.8 MiB
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            result = fn()
+            samples[key].append(time.perf_counter() - start)
+            del result
+    t = {k: statistics.median(v) for k, v in samples.items()}
+    m = min(100, n)
+    start = time.perf_counter()
+    loop_gradients(model, x[:m], y[:m], layout)
+    loop = (time.perf_counter() - start) * n / m
+    x_mib = n * layout.d * 4 / 2**20
+    print(f"\n{arch}, 32×32 inputs: n = {n}, d = {layout.d:,}, X = {x_mib:.0f} MiB (medians of {repeats})")
+    print(f"  swap_hw ({info['per_sample_path']}, chunk {info['chunk_rows']} rows)  {t['swap_hw']:7.2f} s"
+          f"   / floor {t['swap_hw'] / t['floor']:4.2f}x (target ≤ 1.5); first call {first:.2f} s")
+    print(f"  floor: one forward + backward, write X   {t['floor']:7.2f} s")
+    print(f"  torch.func at the same chunk              {t['torch.func']:7.2f} s")
+    print(f"  per-example loop (100 timed, scaled)      {loop:7.2f} s   / swap_hw {loop / t['swap_hw']:4.1f}x")
+    print(f"  peak memory of the first swap_hw call: {peak / 1024:.0f} MiB resident (process; before it "
+          f"{before / 1024:.0f} MiB; X alone {x_mib:.0f} MiB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--zoo", action="store_true", help="ResNet20 and MobileNetV1 (32×32) instead of the MLPNets")
+    parser.add_argument("--arch", help=argparse.SUPPRESS)  # one zoo case, in a child process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     fresh_pages_for_large_allocations()
+    if args.arch:
+        zoo_case(args.arch, args.n, args.repeats)
+        return
+    if args.zoo:
+        import subprocess
+        import sys
+
+        for arch in ("resnet20", "mobilenetv1"):
+            subprocess.run([sys.executable, __file__, "--arch", arch, "--n", str(args.n), "--repeats",
+                            str(args.repeats), "--threads", str(args.threads)], check=True)
+        return
 
     from swap_hw.data import load_digits_splits
     from swap_hw.models import MLPNet, build_model

@@ -200,7 +200,7 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
         "run": run_id, "scenario": scenario.name, "pruner": pruner_c.label, "pruner_config": pruner_c.describe(),
         "source": source_c.label, "sparsity_label": choice.label,
         "sparsity_target": None if target is None else float(target),
-        "sparsity": float(result.sparsity), "seed": int(seed), "arch": spec.model.arch,
+        "sparsity": float(result.sparsity), "seed": int(seed), "arch": None if spec.model.factory else spec.model.arch,
         "factory": spec.model.factory, "options": dict(spec.model.options),
         "input_shape": list(prep.splits.input_shape), "n_classes": int(prep.splits.n_classes), "data": spec.data.name,
         "weights_sha": log["weights_sha"], "verified": (choice.stored["prune_log"] or {}).get("weights_sha") is not None,

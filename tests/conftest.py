@@ -39,3 +39,20 @@ def digits_model():
     for p in model.parameters():
         p.requires_grad_(False)
     return model, splits
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A database holding one finished TINY run (6 cells): (scenario path, database path, run id)."""
+    import sqlite3
+
+    from snippets import tiny_with_output
+    from swap_hw.cli import main
+
+    root = tmp_path_factory.mktemp("finished")
+    scenario = root / "tiny.yaml"
+    scenario.write_text(tiny_with_output(root / "results.sqlite", root / "cache"))
+    assert main(["run", str(scenario), "--quiet"]) == 0
+    with sqlite3.connect(root / "results.sqlite") as conn:
+        run_id = conn.execute("SELECT run_id FROM runs").fetchone()[0]
+    return scenario, root / "results.sqlite", run_id

@@ -10,3 +10,10 @@ calibration: {n: 64}
 pruners: [magnitude]
 sparsities: [0.5, 0.8]
 """
+
+
+def tiny_with_output(db, cache) -> str:
+    """TINY writing to `db`, with its dense-model cache in `cache`."""
+    import textwrap
+
+    return textwrap.dedent(TINY) + f"\noutput: {{db: {db}, cache_dir: {cache}}}\n"

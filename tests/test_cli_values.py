@@ -5,31 +5,13 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from swap_hw.cli import main
 
-from snippets import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
-
-
-def scenario_text(db: Path, cache: Path) -> str:
-    return textwrap.dedent(TINY) + f"\noutput: {{db: {db}, cache_dir: {cache}}}\n"
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A database holding one finished TINY run, the scenario and the run id."""
-    root = tmp_path_factory.mktemp("values")
-    scenario = root / "tiny.yaml"
-    scenario.write_text(scenario_text(root / "results.sqlite", root / "cache"))
-    assert main(["run", str(scenario), "--quiet"]) == 0
-    conn = sqlite3.connect(root / "results.sqlite")
-    run_id = conn.execute("SELECT run_id FROM runs").fetchone()[0]
-    conn.close()
-    return scenario, root / "results.sqlite", run_id
+from snippets import tiny_with_output  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture
@@ -114,7 +96,7 @@ def test_report_out_that_is_a_directory(capsys, db, tmp_path):
 
 def test_set_value_that_is_not_yaml(capsys, tmp_path):
     scenario = tmp_path / "s.yaml"
-    scenario.write_text(scenario_text(tmp_path / "r.sqlite", tmp_path / "cache"))
+    scenario.write_text(tiny_with_output(tmp_path / "r.sqlite", tmp_path / "cache"))
     error_line(capsys, ["run", str(scenario), "--set", "sparsities=[0.5", "--quiet"],
                str(scenario), "sparsities", "'[0.5'", "not valid YAML", "e.g.")
     assert not (tmp_path / "r.sqlite").exists()
@@ -122,7 +104,7 @@ def test_set_value_that_is_not_yaml(capsys, tmp_path):
 
 def test_set_without_equals(capsys, tmp_path):
     scenario = tmp_path / "s.yaml"
-    scenario.write_text(scenario_text(tmp_path / "r.sqlite", tmp_path / "cache"))
+    scenario.write_text(tiny_with_output(tmp_path / "r.sqlite", tmp_path / "cache"))
     error_line(capsys, ["run", str(scenario), "--set", "sparsities", "--quiet"],
                str(scenario), "sparsities", "--set takes path.to.field=value")
     assert not (tmp_path / "r.sqlite").exists()
@@ -149,7 +131,7 @@ def test_report_compare_unknown_metric(capsys, db, finished):
 
 def test_run_unknown_metric_says_so_after_saving_the_run(capsys, tmp_path):
     scenario = tmp_path / "s.yaml"
-    scenario.write_text(scenario_text(tmp_path / "r.sqlite", tmp_path / "cache"))
+    scenario.write_text(tiny_with_output(tmp_path / "r.sqlite", tmp_path / "cache"))
     error_line(capsys, ["run", str(scenario), "--metric", "acc", "--quiet"], "--metric 'acc'", "valid: accuracy, loss")
     assert snapshot(tmp_path / "r.sqlite")[1] == 6  # the cells are saved: report --metric accuracy shows them
 

@@ -10,7 +10,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,30 +18,16 @@ from swap_hw.cli import main
 from swap_hw.results import store as store_module
 from swap_hw.results.store import SCHEMA_VERSION
 
-from snippets import TINY  # noqa: E402  (tests/ is on sys.path under pytest)
+from snippets import tiny_with_output  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def scenario_text(db: Path, cache: Path) -> str:
-    return textwrap.dedent(TINY) + f"\noutput: {{db: {db}, cache_dir: {cache}}}\n"
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A database holding one finished TINY run (6 cells), and the scenario that made it."""
-    root = tmp_path_factory.mktemp("finished")
-    scenario = root / "tiny.yaml"
-    scenario.write_text(scenario_text(root / "results.sqlite", root / "cache"))
-    assert main(["run", str(scenario), "--quiet"]) == 0
-    return scenario, root / "results.sqlite"
-
-
 @pytest.fixture
 def db_copy(finished, tmp_path):
     """A private copy of the finished database (the original stays clean for the other tests)."""
-    _, db = finished
+    db = finished[1]
     copy = tmp_path / "copy.sqlite"
     shutil.copy(db, copy)
     return copy
@@ -62,7 +47,7 @@ def no_training(monkeypatch):
 def fresh_scenario(tmp_path):
     """TINY with its own (empty) dense-model cache: a run of it would have to train first."""
     path = tmp_path / "fresh.yaml"
-    path.write_text(scenario_text(tmp_path / "fresh.sqlite", tmp_path / "fresh_cache"))
+    path.write_text(tiny_with_output(tmp_path / "fresh.sqlite", tmp_path / "fresh_cache"))
     return path
 
 
@@ -257,7 +242,7 @@ def _fail_cell_writes(monkeypatch, error: sqlite3.Error, after: int) -> None:
 def test_fault_while_writing_cells_keeps_what_finished(capsys, monkeypatch, tmp_path, message, needle):
     db = tmp_path / "mid.sqlite"
     scenario = tmp_path / "mid.yaml"
-    scenario.write_text(scenario_text(db, tmp_path / "cache"))
+    scenario.write_text(tiny_with_output(db, tmp_path / "cache"))
     _fail_cell_writes(monkeypatch, sqlite3.OperationalError(message), after=2)
     error_line(capsys, ["run", str(scenario), "--quiet"], 1, str(db), needle, "while writing a finished cell")
     monkeypatch.undo()
@@ -291,7 +276,7 @@ def test_locked_database_is_a_fault_naming_the_file(capsys, monkeypatch, db_copy
 def test_two_runs_on_one_database_at_once_lose_and_double_nothing(tmp_path):
     db = tmp_path / "shared.sqlite"
     scenario = tmp_path / "shared.yaml"
-    scenario.write_text(scenario_text(db, tmp_path / "cache"))
+    scenario.write_text(tiny_with_output(db, tmp_path / "cache"))
     procs = [subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "run", str(scenario), "--quiet"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

@@ -4,14 +4,12 @@ trusted; a layer the gradient code cannot handle named before any training."""
 
 from __future__ import annotations
 
-import sqlite3
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from swap_hw.cli import main
 from swap_hw.config import load_scenario

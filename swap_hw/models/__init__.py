@@ -48,7 +48,7 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
 
 
 __all__ = [
-    "ARCHITECTURES", "build_model", "MLPNet", "ResNet20", "MobileNetV1", "SmallCNN", "accuracy_and_loss",
+    "factory", "ARCHITECTURES", "build_model", "MLPNet", "ResNet20", "MobileNetV1", "SmallCNN", "accuracy_and_loss",
     "apply_weights", "cached_dense_model", "enforce_masks", "load_checkpoint", "read_checkpoint", "train_model",
     "all_prunable", "prunable_count", "prunable_names", "reinitialised",
 ]

@@ -54,10 +54,10 @@ def scenario_of_run(store: Store, run_id: str) -> Scenario:
     data["sources"] = [s["members"] if isinstance(s, dict) and s.get("name") == "chain" and "members" in s else s
                        for s in resolved["sources"]]
     scenario = parse_scenario_text(yaml.safe_dump(data, sort_keys=False), f"run {run_id}")
-    for field, sha in (resolved.get("files") or {}).items():
-        path, now = scenario.files.get(field, ("?", None))
+    for name, sha in (resolved.get("files") or {}).items():
+        path, now = scenario.files.get(name, ("?", None))
         if now != sha:
-            raise SwapHwError(f"run {run_id}: {field} ({path}) no longer holds the content the run used "
+            raise SwapHwError(f"run {run_id}: {name} ({path}) no longer holds the content the run used "
                               f"(digest {now} ≠ {sha}); restore that file to recompute its models")
     return scenario
 

@@ -62,13 +62,13 @@ class Prepared:
 
 def _check_files(scenario: Scenario) -> None:
     """A user file must still hold what validation read: its digest is in the cell keys."""
-    for field, (path, sha) in scenario.files.items():
+    for name, (path, sha) in scenario.files.items():
         try:
             now = file_digest(path)
         except OSError as exc:
-            raise ConfigError(scenario.file, field, f"cannot read {path}: {exc.strerror or exc}") from None
+            raise ConfigError(scenario.file, name, f"cannot read {path}: {exc.strerror or exc}") from None
         if now != sha:
-            raise ConfigError(scenario.file, field, f"{path} changed since the scenario was validated; "
+            raise ConfigError(scenario.file, name, f"{path} changed since the scenario was validated; "
                               "load the scenario again")
 
 

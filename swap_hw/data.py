@@ -61,14 +61,19 @@ class DataSplits:
 
     def calibration(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n training examples drawn without replacement (all of them, shuffled, if n ≥ N)."""
-        total = self.x_train.shape[0]
-        idx = numpy_rng(seed).permutation(total)[: min(n, total)]
-        idx_t = torch.as_tensor(np.sort(idx))
-        return self.x_train[idx_t], self.y_train[idx_t]
+        return draw_examples(self.x_train, self.y_train, n, seed)
 
     @property
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x_test, self.y_test
+
+
+def draw_examples(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n of the examples (x, y) drawn without replacement with `seed`, in their original order."""
+    total = x.shape[0]
+    idx = numpy_rng(seed).permutation(total)[: min(n, total)]
+    idx_t = torch.as_tensor(np.sort(idx))
+    return x[idx_t], y[idx_t]
 
 
 def _to_nchw(x: np.ndarray) -> np.ndarray:

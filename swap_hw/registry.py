@@ -77,10 +77,26 @@ class Registry(Generic[T]):
                 importlib.import_module(f"{package}.{info.name}")
 
 
+# Mark a parameter added after its member was first released: `Field(..., json_schema_extra=ADDED_LATER)`.
+# While it holds its default it is left out of the member's description, so the cells, cell keys
+# and run ids computed before it existed (when its default was the only behaviour) stay the same.
+ADDED_LATER = {"added_later": True}
+
+
 class Params(BaseModel):
     """Base of every member's parameter model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def described(self) -> dict[str, Any]:
+        """The parameters as JSON, less the ones `ADDED_LATER` that still hold their default."""
+        data = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if extra.get("added_later") and getattr(self, name) == info.default:
+                data.pop(info.serialization_alias or info.alias or name, None)
+                data.pop(name, None)
+        return data
 
 
 class Component:
@@ -107,7 +123,7 @@ class Component:
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines this member's behaviour, JSON-serialisable."""
-        return {"name": self.name, **self.params.model_dump(mode="json")}
+        return {"name": self.name, **self.params.described()}
 
     @property
     def label(self) -> str:

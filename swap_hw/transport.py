@@ -615,7 +615,8 @@ class EntropicPlans:
             "epsilon": self.epsilon if finite else "inf",
             "epsilon_abs": self.epsilon * self.scale if finite else None,
             "scale": self.scale,
-            "scale_definition": "mean_ij (y_i − y_j)² = 2·Var(y), y = X w̄",
+            "scale_definition": ("mean_ij (y_i − y_j)² = 2·Var(y), y = X w̄" if scale is None
+                                 else "given (1 = ε is absolute, in the cost's units)"),
             "solver": solver,
             "warm_start": self.warm_start,
         }

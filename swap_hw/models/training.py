@@ -46,14 +46,22 @@ def train_model(
     seed: int,
     weight_decay: float = 0.0,
     masks: Mapping[str, torch.Tensor] | None = None,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
 ) -> nn.Module:
-    """Train in place with Adam on cross-entropy; with `masks`, pruned weights stay exactly zero.
+    """Train in place on cross-entropy with Adam (default) or SGD (`optimizer="sgd"`, with
+    `momentum`); with `masks`, pruned weights stay exactly zero.
 
-    Masks are enforced after every optimiser step (Adam's moment estimates would otherwise revive
-    a zeroed weight), so the model leaves this function with its sparsity intact.
+    Masks are enforced after every optimiser step (Adam's moment estimates, or SGD's momentum,
+    would otherwise revive a zeroed weight), so the model leaves this function with its sparsity intact.
     """
     gen = torch_generator(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if masks is not None:
         enforce_masks(model, masks)
     model.train()

@@ -86,5 +86,5 @@ class PruningProtocol(Component):
 
     def key_settings(self) -> dict[str, Any]:
         """What of this protocol's settings determines a cell, keyed by its settings block."""
-        params = self.params.model_dump(mode="json")
+        params = self.params.described()
         return {self.settings_block or self.name: params} if params else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..registry import Params
+from ..registry import ADDED_LATER, Params
 from .base import PROTOCOLS, PruningProtocol
 from .staged import prune_staged
 
@@ -16,7 +16,13 @@ class MultiStage(PruningProtocol):
 
     class Params(Params):
         stages: int = Field(10, ge=1, le=1000, description="T: prune stages (cubic sparsity schedule)")
+        fresh_calibration: bool = Field(
+            False, json_schema_extra=ADDED_LATER,
+            description="draw a new calibration batch of n training examples at every stage (seeded per stage), "
+            "as the authors' code does; false = the replicate's one batch at every stage",
+        )
 
     def _schedule(self, pruner, job, weights, target):
         return prune_staged(pruner, job.model, job.source, job.calibration, target, self.params.stages, job.seed,
-                            job.layout, first_grads=job.grads, **job.storage)
+                            job.layout, first_grads=job.grads, **job.storage,
+                            fresh_calibration=job.train_split if self.params.fresh_calibration else None)

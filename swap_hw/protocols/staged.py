@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, Protocol
 import torch
 from torch import nn
 
+from ..data import draw_examples
 from ..errors import ParameterError
 from ..gradients import GradientSet, GradientSource
 from ..gradients.matrix_free import mask_gradient_columns
@@ -53,7 +54,8 @@ from ..seeding import derive_seed
 
 
 class FinetuneSettings(Protocol):
-    """What the gradual protocol reads from the scenario's `finetune` block."""
+    """What the gradual protocol reads from its settings (`optimizer` and `momentum` are optional:
+    Adam without them)."""
 
     stages: int
     epochs: int
@@ -84,6 +86,7 @@ def prune_staged(
     spill_dir: str | None = None,
     first_grads: GradientSet | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
+    fresh_calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, PruneResult]:
     """Prune to `sparsity` in `stages` stages, re-collecting gradients before each (see the module
     docstring): the `multi_stage` protocol, or `gradual` when `finetune` is given (then
@@ -101,6 +104,9 @@ def prune_staged(
     train_split: the (x, y) examples fine-tuning trains on (never the test split).
     memory_budget_mb, over_budget, spill_dir: how each stage holds X (GradientSource.collect).
     first_grads: gradients already collected at the dense weights with `seed` (reused at stage 1).
+    fresh_calibration: the (x, y) examples to draw a new calibration batch from at every stage
+                 t ≥ 2 (as many as `calib_batch` holds, seeded by derive_seed(seed,
+                 "stage-calibration", t)), as the authors' code does; None = `calib_batch` throughout.
     on_stage:    called with each stage's log entry as soon as the stage is done.
 
     The result's masks are the final masks, its weights the final pruned (fine-tuned) tensors, its
@@ -139,8 +145,13 @@ def prune_staged(
                 grads = first_grads
             else:
                 stage_seed = seed if t == 1 else derive_seed(seed, "gradual-source", t)
+                batch = calib_batch
+                if fresh_calibration is not None and t > 1:
+                    draw_seed = derive_seed(seed, "stage-calibration", t)
+                    batch = draw_examples(*fresh_calibration, calib_batch[0].shape[0], draw_seed)
+                    entry["calibration_seed"] = draw_seed
                 work.eval()
-                grads = source.collect(work, calib_batch, stage_seed, layout, memory_budget_mb=memory_budget_mb,
+                grads = source.collect(work, batch, stage_seed, layout, memory_budget_mb=memory_budget_mb,
                                        over_budget=over_budget, spill_dir=spill_dir)
             grads = mask_gradient_columns(grads, keep)
             entry["gradient_seconds"] = time.perf_counter() - t0
@@ -166,7 +177,9 @@ def prune_staged(
             if int(finetune.epochs) > 0:
                 train_model(work, *train_split, epochs=int(finetune.epochs), lr=float(finetune.lr),
                             batch_size=int(finetune.batch_size), weight_decay=float(finetune.weight_decay),
-                            seed=derive_seed(seed, "gradual-finetune", t), masks=masks)
+                            seed=derive_seed(seed, "gradual-finetune", t), masks=masks,
+                            optimizer=getattr(finetune, "optimizer", "adam"),
+                            momentum=float(getattr(finetune, "momentum", 0.0)))
             entry["finetune_seconds"] = time.perf_counter() - t0
         work.eval()
         stage_logs.append(entry)

@@ -26,6 +26,7 @@ from typing import Literal, Union
 import torch
 from pydantic import Field, field_validator
 
+from ..registry import ADDED_LATER
 from ..transport import EntropicPlans
 from .base import PRUNERS
 from .iht import PlanProvider, RegressionParams, RegressionPruner
@@ -48,6 +49,11 @@ class SwapPruner(RegressionPruner):
             0.1,
             description="entropic ε relative to the cost scale 2·Var(Xw̄) (ε_abs = ε·scale); ≥ 0; "
             "0 = exact sort plan; 'inf' = independent plan",
+        )
+        epsilon_units: Literal["relative", "absolute"] = Field(
+            "relative", json_schema_extra=ADDED_LATER,
+            description="'relative': ε_abs = ε·2Var(Xw̄), so ε carries across models (default); 'absolute': ε is "
+            "ε_abs itself, in the cost's units (loss²) — the authors' code uses ε = 1.0 absolute (specs/swap.md §9)",
         )
         direction: Literal["consistent", "reference"] = Field(
             "consistent",
@@ -88,5 +94,5 @@ class SwapPruner(RegressionPruner):
 
     def make_plans(self, y: torch.Tensor) -> PlanProvider:
         p = self.params
-        return EntropicPlans(y, p.epsilon_value, max_iter=p.sinkhorn_iters, tol=p.sinkhorn_tol, solver=p.solver,
-                             warm_start=p.warm_start)
+        return EntropicPlans(y, p.epsilon_value, scale=1.0 if p.epsilon_units == "absolute" else None,
+                             max_iter=p.sinkhorn_iters, tol=p.sinkhorn_tol, solver=p.solver, warm_start=p.warm_start)

@@ -1,0 +1,81 @@
+"""Options that reproduce the SWAP authors' protocol (specs/swap.md §9): ε in absolute units, SGD
+fine-tuning with momentum, a fresh calibration draw per stage — and parameters added later leave
+the cells computed before them (their keys) unchanged while at their defaults."""
+
+from __future__ import annotations
+
+import torch
+
+from swap_hw.config import parse_scenario_text
+from swap_hw.gradients import GRADIENT_SOURCES
+from swap_hw.models import train_model
+from swap_hw.protocols import PROTOCOLS, PruneJob
+from swap_hw.pruners import PRUNERS
+from swap_hw.sweep.plan import plan_cells
+from swap_hw.transport import EntropicPlans
+
+BASE = "pruners: [swap]\nsparsities: [0.5]\nprotocol: gradual\n"
+
+
+def test_parameters_added_later_keep_earlier_cells_while_at_their_defaults():
+    default = PRUNERS.get("swap")()
+    assert "epsilon_units" not in default.describe()
+    assert PRUNERS.get("swap")(epsilon_units="relative").describe() == default.describe()
+    assert PRUNERS.get("swap")(epsilon_units="absolute").describe()["epsilon_units"] == "absolute"
+    keys = [c.key for c in plan_cells(parse_scenario_text(BASE, "s.yaml"))]
+    same = [c.key for c in plan_cells(parse_scenario_text(
+        BASE.replace("protocol: gradual", "protocol: {name: gradual, optimizer: adam, momentum: 0.0, "
+                     "fresh_calibration: false}").replace("[swap]", "[{name: swap, epsilon_units: relative}]"), "s.yaml"))]
+    assert keys == same
+    pruned = {c.key for c in plan_cells(parse_scenario_text(BASE, "s.yaml")) if c.pruner is not None}
+    other = {c.key for c in plan_cells(parse_scenario_text(
+        BASE.replace("protocol: gradual", "protocol: {name: gradual, optimizer: sgd, momentum: 0.5}"), "s.yaml"))
+        if c.pruner is not None}
+    assert pruned and other and not pruned & other  # a non-default setting gives cells of its own
+
+
+def test_epsilon_in_absolute_units():
+    y = torch.randn(50, dtype=torch.float64) * 3
+    relative, absolute = EntropicPlans(y, 1.0), EntropicPlans(y, 1.0, scale=1.0)
+    assert absolute.describe["epsilon_abs"] == 1.0 and relative.describe["epsilon_abs"] == relative.scale != 1.0
+    plans = PRUNERS.get("swap")(epsilon=1.0, epsilon_units="absolute").make_plans(y)
+    assert plans.describe["epsilon_abs"] == 1.0
+
+
+def _job(digits_model, n=64):
+    model, splits = digits_model
+    from swap_hw.layout import Layout
+
+    return PruneJob(model=model, layout=Layout.from_model(model), source=GRADIENT_SOURCES.get("clean")(),
+                    calibration=splits.calibration(n, 0), seed=3, train_split=(splits.x_train, splits.y_train))
+
+
+def test_sgd_fine_tuning_with_momentum(digits_model):
+    model, splits = digits_model
+    import copy
+
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    for net in (a, b):
+        for p in net.parameters():
+            p.requires_grad_(True)
+    masks = {"layers.1.weight": torch.rand(40, 64) > 0.5}
+    train_model(a, splits.x_train, splits.y_train, epochs=1, lr=1e-3, batch_size=64, seed=0, masks=masks,
+                optimizer="sgd", momentum=0.5)
+    train_model(b, splits.x_train, splits.y_train, epochs=1, lr=1e-3, batch_size=64, seed=0, masks=masks)
+    wa, wb = a.layers[1].weight, b.layers[1].weight
+    assert bool((wa[~masks["layers.1.weight"]] == 0).all()) and not torch.equal(wa, wb)
+    sgd = PROTOCOLS.get("gradual")(stages=2, optimizer="sgd", momentum=0.5).run(PRUNERS.get("lr")(), _job(digits_model), 0.6)
+    adam = PROTOCOLS.get("gradual")(stages=2).run(PRUNERS.get("lr")(), _job(digits_model), 0.6)
+    assert not torch.equal(sgd[1].weights["layers.1.weight"], adam[1].weights["layers.1.weight"])
+
+
+def test_a_fresh_calibration_draw_per_stage_is_seeded_and_differs(digits_model):
+    protocol = PROTOCOLS.get("multi_stage")(stages=3, fresh_calibration=True)
+    _, first = protocol.run(PRUNERS.get("lr")(), _job(digits_model), 0.7)
+    _, again = protocol.run(PRUNERS.get("lr")(), _job(digits_model), 0.7)
+    _, fixed = PROTOCOLS.get("multi_stage")(stages=3).run(PRUNERS.get("lr")(), _job(digits_model), 0.7)
+    stages = first.log["multi_stage"]["stages"]
+    seeds = [s.get("calibration_seed") for s in stages]
+    assert seeds[0] is None and None not in seeds[1:] and len(set(seeds[1:])) == 2
+    assert all(torch.equal(first.weights[k], again.weights[k]) for k in first.weights)  # seeded
+    assert any(not torch.equal(first.weights[k], fixed.weights[k]) for k in first.weights)  # a new draw changes it

@@ -79,3 +79,44 @@ def test_a_fresh_calibration_draw_per_stage_is_seeded_and_differs(digits_model):
     assert seeds[0] is None and None not in seeds[1:] and len(set(seeds[1:])) == 2
     assert all(torch.equal(first.weights[k], again.weights[k]) for k in first.weights)  # seeded
     assert any(not torch.equal(first.weights[k], fixed.weights[k]) for k in first.weights)  # a new draw changes it
+
+
+def test_moving_all_anchor_moves_targets_plan_and_ridge():
+    from swap_hw.gradients import GradientSet
+    from swap_hw.layout import Layout
+
+    layout = Layout.from_shapes([("a", (20, 10))])
+    gen = torch.Generator().manual_seed(0)
+    X, w = torch.randn(40, 200, generator=gen), torch.randn(200, generator=gen)
+    grads = GradientSet(X=X, w_bar=w, layout=layout)
+
+    def pruned(**options):
+        return PRUNERS.get("swap")(**options).prune(layout.unflatten(w), grads, 0.7).weights["a"]
+
+    staged = {a: pruned(anchor=a, stages=3) for a in ("fixed", "moving", "moving_all")}
+    assert not torch.equal(staged["moving_all"], staged["fixed"])
+    assert not torch.equal(staged["moving_all"], staged["moving"])
+    assert torch.equal(pruned(anchor="moving_all"), pruned())  # one stage: nothing to move
+
+
+def test_regrowth_re_selects_a_pruned_weight(digits_model):
+    from swap_hw.pruners.base import Pruner, SolveOutput
+    from swap_hw.pruners.selection import hard_threshold_mask
+
+    class GradientStep(Pruner):
+        """One long gradient step then top-k: it moves every weight whose gradient column is live."""
+
+        name = "gradient_step"
+
+        def _solve(self, w_bar, grads, k, layout):
+            g = grads.xtu(grads.xv(w_bar) + 1.0)
+            w = w_bar - (w_bar.norm() / g.norm()) * g
+            return SolveOutput(w=w, mask=hard_threshold_mask(w, k))
+
+    grow = PROTOCOLS.get("multi_stage")(stages=3, regrow=True).run(GradientStep(), _job(digits_model), 0.6)[1]
+    shrink = PROTOCOLS.get("multi_stage")(stages=3).run(GradientStep(), _job(digits_model), 0.6)[1]
+    stages_grow = grow.log["multi_stage"]["stages"]
+    assert sum(s["revived"] for s in stages_grow[1:]) > 0  # weights pruned at one stage came back later
+    assert any(not torch.equal(grow.masks[k], shrink.masks[k]) for k in grow.masks)
+    total = sum(m.numel() for m in grow.masks.values())
+    assert abs(1 - sum(int(m.sum()) for m in grow.masks.values()) / total - 0.6) < 1e-3  # exact target

@@ -26,6 +26,11 @@ class Gradual(PruningProtocol):
             description="draw a new calibration batch of n training examples at every stage (seeded per stage), "
             "as the authors' code does; false = the replicate's one batch at every stage",
         )
+        regrow: bool = Field(
+            False, json_schema_extra=ADDED_LATER,
+            description="let a later stage re-select weights an earlier one pruned (their gradients stay live), "
+            "as the authors' code does; false = the pruned set only grows",
+        )
         epochs: int = Field(1, ge=0, description="E: fine-tuning epochs after each stage, pruned weights held at 0")
         lr: float = Field(1e-3, gt=0, description="Adam learning rate of fine-tuning")
         batch_size: int = Field(64, gt=0, description="fine-tuning minibatch size")
@@ -42,4 +47,5 @@ class Gradual(PruningProtocol):
         return prune_staged(pruner, job.model, job.source, job.calibration, target, self.params.stages, job.seed,
                             job.layout, finetune=self.params, train_split=job.train_split, first_grads=job.grads,
                             fresh_calibration=job.train_split if self.params.fresh_calibration else None,
+                            regrow=self.params.regrow,
                             **job.storage)

@@ -21,8 +21,14 @@ class MultiStage(PruningProtocol):
             description="draw a new calibration batch of n training examples at every stage (seeded per stage), "
             "as the authors' code does; false = the replicate's one batch at every stage",
         )
+        regrow: bool = Field(
+            False, json_schema_extra=ADDED_LATER,
+            description="let a later stage re-select weights an earlier one pruned (their gradients stay live), "
+            "as the authors' code does; false = the pruned set only grows",
+        )
 
     def _schedule(self, pruner, job, weights, target):
         return prune_staged(pruner, job.model, job.source, job.calibration, target, self.params.stages, job.seed,
                             job.layout, first_grads=job.grads, **job.storage,
-                            fresh_calibration=job.train_split if self.params.fresh_calibration else None)
+                            fresh_calibration=job.train_split if self.params.fresh_calibration else None,
+                            regrow=self.params.regrow)

@@ -87,6 +87,7 @@ def prune_staged(
     first_grads: GradientSet | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
     fresh_calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
+    regrow: bool = False,
 ) -> tuple[nn.Module, PruneResult]:
     """Prune to `sparsity` in `stages` stages, re-collecting gradients before each (see the module
     docstring): the `multi_stage` protocol, or `gradual` when `finetune` is given (then
@@ -107,6 +108,9 @@ def prune_staged(
     fresh_calibration: the (x, y) examples to draw a new calibration batch from at every stage
                  t ≥ 2 (as many as `calib_batch` holds, seeded by derive_seed(seed,
                  "stage-calibration", t)), as the authors' code does; None = `calib_batch` throughout.
+    regrow:      let a later stage re-select weights an earlier one pruned (the authors' code): their
+                 gradient columns stay live and the stage's mask replaces the previous one instead of
+                 being intersected with it; `revived` then counts the weights regrown.
     on_stage:    called with each stage's log entry as soon as the stage is done.
 
     The result's masks are the final masks, its weights the final pruned (fine-tuned) tensors, its
@@ -153,7 +157,8 @@ def prune_staged(
                 work.eval()
                 grads = source.collect(work, batch, stage_seed, layout, memory_budget_mb=memory_budget_mb,
                                        over_budget=over_budget, spill_dir=spill_dir)
-            grads = mask_gradient_columns(grads, keep)
+            if not regrow:  # a pruned weight gets no gradient, so no pruner can bring it back
+                grads = mask_gradient_columns(grads, keep)
             entry["gradient_seconds"] = time.perf_counter() - t0
 
         weights = layout.weights_of(work)
@@ -161,7 +166,7 @@ def prune_staged(
         del grads
         new_keep = layout.flatten(result.masks).to(torch.bool)
         revived = int((new_keep & ~keep).sum())
-        keep = new_keep & keep
+        keep = new_keep if regrow else new_keep & keep
         masks = {n: m.clone() for n, m in layout.unflatten(keep).items()}
         params = dict(work.named_parameters())
         with torch.no_grad():

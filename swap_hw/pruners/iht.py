@@ -42,7 +42,8 @@ s_0 = 0 (T = 1: one shot to s_T); a stage whose k_t keeps every weight is skippe
    the stage ends after a pass that keeps the support, or when `iht_steps` (the stage's step
    budget) is spent. Without `backsolve`, IHT runs until a support-keeping step lowers Q by
    less than `tol`·Q;
-4. anchor "moving": anchor ← w.
+4. anchor "moving": anchor ← w; "moving_all": anchor ← w, the targets y ← Xw and the plan
+   provider rebuilt for them (the SWAP paper's Algorithm 1 moves w̄ itself).
 
 Ridge units. With `lambda_units: relative` (default) the λ above is λ_abs = λ·mean(diag F), F =
 XᵀX/n, computed from X once per call, so a λ carries across models and calibration sizes; the
@@ -113,8 +114,10 @@ class RegressionParams(Params):
     backsolve: bool = Field(True, description="re-fit w on the support after each stage (matrix-free CG)")
     cg_iters: int = Field(200, ge=1, le=100000, description="conjugate-gradient iterations per backsolve at most")
     cg_tol: float = Field(1e-5, gt=0, lt=1, description="CG stops at relative residual ‖r‖/‖rhs‖ below this")
-    anchor: Literal["fixed", "moving"] = Field(
-        "fixed", description="ridge centre: the dense w̄ (fixed) or the previous stage's weights (moving)"
+    anchor: Literal["fixed", "moving", "moving_all"] = Field(
+        "fixed", description="what stages are anchored at: the dense w̄ (fixed); the previous stage's weights as "
+        "the ridge centre only (moving); or the previous stage's weights for the targets y = Xw, the plan and the "
+        "ridge together (moving_all: the SWAP paper's Algorithm 1, w̄ ← w^(t+1))"
     )
     update_weights: bool = Field(
         True, description="return the solver's weights (true) or the dense values on the chosen support (false)"
@@ -451,8 +454,11 @@ def solve_regression(
         entry["seconds"] = time.perf_counter() - t_stage
         stage_logs.append(entry)
         w, support, final_q = state.w, state.support, state.q
-        if settings.anchor == "moving":
+        if settings.anchor in ("moving", "moving_all"):
             prob.anchor = w.clone()
+        if settings.anchor == "moving_all":  # the next stage regresses on this stage's outputs
+            prob.y = prob.xv(w)
+            plans = make_plans(prob.y)
     if settings.update_weights:
         w_out = w.to(torch.float32)
     else:

@@ -4,6 +4,7 @@ the cells computed before them (their keys) unchanged while at their defaults.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from swap_hw.config import parse_scenario_text
@@ -120,3 +121,60 @@ def test_regrowth_re_selects_a_pruned_weight(digits_model):
     assert any(not torch.equal(grow.masks[k], shrink.masks[k]) for k in grow.masks)
     total = sum(m.numel() for m in grow.masks.values())
     assert abs(1 - sum(int(m.sum()) for m in grow.masks.values()) / total - 0.6) < 1e-3  # exact target
+
+
+def test_the_authors_step_by_hand_on_a_small_problem():
+    """X = [[1, 0], [0, 1], [1, 1]], w̄ = (1, 2), so y = Xw̄ = (1, 2, 3); the identity plan (LR), λ = 0.
+    From w = (2, 0): Xw = (2, 0, 2), ∇Q = Xᵀ(Xw − y) = Xᵀ(1, −2, −1) = (0, −3); Xg = (0, −3, −3),
+    so τ* = ⟨g, g⟩ / ‖Xg‖² = 9 / 18 = 0.5 and w − τ*g = (2, 1.5).
+    k = 2: Q(2, 1.5) = ½‖(1, 2, 3) − (2, 1.5, 3.5)‖² = 0.75; one growth to τ = 0.525 gives
+    Q = ½(1 + 0.425² + 0.575²) = 0.755625 > 0.75, so τ stays 0.5 and the step lands on (2, 1.5).
+    k = 1: H₁(2, 1.5) = (2, 0), Q = ½(1 + 4 + 1) = 3, no lower than before the step: the authors'
+    rule takes it all the same."""
+    from swap_hw.gradients import GradientSet
+    from swap_hw.layout import Layout
+    from swap_hw.pruners.iht import _authors_step, _Problem, _State
+    from swap_hw.pruners.selection import Budget
+    from swap_hw.transport import IdentityPlans
+
+    X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    w_bar = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    layout = Layout.from_shapes([("a", (2,))])
+    prob = _Problem(GradientSet(X=X, w_bar=w_bar.float(), layout=layout), X.double() @ w_bar, 0.0, w_bar.clone())
+    plan = IdentityPlans(prob.y)(X.double() @ torch.tensor([2.0, 0.0], dtype=torch.float64))
+    w = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    state = _State(w, torch.tensor([True, False]), X.double() @ w, prob.objective(plan, w, X.double() @ w))
+    assert state.q == pytest.approx(3.0)
+    two, info = _authors_step(prob, plan, state, Budget(((0, 2, 2),)), "consistent", 8)
+    assert info == {"tau": pytest.approx(0.5), "growths": 0}
+    assert torch.allclose(two.w, torch.tensor([2.0, 1.5], dtype=torch.float64)) and two.q == pytest.approx(0.75)
+    one, info = _authors_step(prob, plan, state, Budget(((0, 2, 1),)), "consistent", 8)
+    assert torch.allclose(one.w, torch.tensor([2.0, 0.0], dtype=torch.float64)) and one.q == pytest.approx(3.0)
+    assert info["tau"] == pytest.approx(0.5)  # taken although Q did not fall: no descent test
+
+
+def test_the_authors_step_moves_from_unthresholded_weights_in_later_stages(digits_model):
+    """With several stages the authors' rule steps from the previous stage's weights as they are; it
+    differs from the descent rule, keeps exactly k and is deterministic."""
+    model, splits = digits_model
+    from swap_hw.layout import Layout
+
+    layout = Layout.from_model(model)
+    grads = GRADIENT_SOURCES.get("clean")().collect(model, splits.calibration(64, 0), seed=0, layout=layout)
+    weights = layout.weights_of(model)
+    kwargs = dict(stages=4, iht_steps=1, backsolve=False)
+    a = PRUNERS.get("lr")(step_rule="always", **kwargs).prune(weights, grads, 0.8)
+    b = PRUNERS.get("lr")(step_rule="always", **kwargs).prune(weights, grads, 0.8)
+    c = PRUNERS.get("lr")(**kwargs).prune(weights, grads, 0.8)
+    assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert any(not torch.equal(a.weights[k], c.weights[k]) for k in a.weights)
+    assert sum(int(m.sum()) for m in a.masks.values()) == sum(int(m.sum()) for m in c.masks.values())
+    assert all(s.get("iht_iterations") in (None, 1) for s in a.log["stages"])
+
+
+def test_mlpnet_without_biases():
+    from swap_hw.models import build_model
+
+    model = build_model("mlpnet", (1, 8, 8), 10, seed=0, bias=False)
+    assert all(not name.endswith("bias") for name, _ in model.named_parameters())
+    assert sum(p.numel() for p in model.parameters()) == 64 * 40 + 40 * 20 + 20 * 10

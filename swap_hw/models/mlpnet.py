@@ -7,9 +7,11 @@ from torch import nn
 
 
 class MLPNet(nn.Module):
-    """Fully connected ReLU network; `hidden=(40, 20)` is the SWAP/CBS paper's MLPNet."""
+    """Fully connected ReLU network; `hidden=(40, 20)` is the SWAP/CBS paper's MLPNet (the authors'
+    code builds it without biases: `bias=False`)."""
 
-    def __init__(self, input_shape: tuple[int, ...], n_classes: int, hidden: tuple[int, ...] = (40, 20)):
+    def __init__(self, input_shape: tuple[int, ...], n_classes: int, hidden: tuple[int, ...] = (40, 20),
+                 bias: bool = True):
         super().__init__()
         in_features = 1
         for s in input_shape:
@@ -17,7 +19,7 @@ class MLPNet(nn.Module):
         dims = [in_features, *hidden, n_classes]
         layers: list[nn.Module] = [nn.Flatten()]
         for i in range(len(dims) - 1):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias))
             if i < len(dims) - 2:
                 layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)

@@ -73,7 +73,7 @@ from pydantic import ConfigDict, Field
 
 from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
-from ..registry import Params
+from ..registry import ADDED_LATER, Params
 from ..transport import TransportResult
 from .base import Pruner, SolveOutput
 from .schedule import cubic_schedule
@@ -118,6 +118,13 @@ class RegressionParams(Params):
         "fixed", description="what stages are anchored at: the dense w̄ (fixed); the previous stage's weights as "
         "the ridge centre only (moving); or the previous stage's weights for the targets y = Xw, the plan and the "
         "ridge together (moving_all: the SWAP paper's Algorithm 1, w̄ ← w^(t+1))"
+    )
+    step_rule: Literal["descent", "always"] = Field(
+        "descent", json_schema_extra=ADDED_LATER,
+        description="descent: IHT from the thresholded point, a step kept only if Q falls (default); always: the "
+        "authors' rule — one step per stage from the un-thresholded weights, τ* (the exact minimiser along −b) "
+        "grown ×1.05 while Q after thresholding falls, always taken, then thresholded (their τ comes from Adam "
+        "steps; here it is the closed form)",
     )
     update_weights: bool = Field(
         True, description="return the solver's weights (true) or the dense values on the chosen support (false)"
@@ -280,6 +287,35 @@ def _iht_step(
     return best, info
 
 
+def _authors_step(
+    prob: _Problem, plan: TransportResult, state: _State, budget: Budget, direction: Direction, max_growth: int
+) -> tuple[_State, dict[str, Any]]:
+    """The authors' step (specs/swap.md §9): from `state` as it is (not thresholded first), along
+    −b with τ* = ⟨∇Q, b⟩ / (‖Xb‖² + nλ‖b‖²) grown ×1.05 while Q after thresholding falls (at most
+    `max_growth`·10 times), then H_k — always taken, with no descent test and no fallback."""
+    grad_q = prob.gradient(plan, state.w, state.xw)
+    b = reference_direction(prob, plan, state.w, state.xw) if direction == "reference" else grad_q
+    xb = prob.xv(b)
+    curvature = float(xb @ xb) + prob.nlam * float(b @ b)
+    slope = float(grad_q @ b)
+    tau = slope / curvature if curvature > 0 and math.isfinite(slope / curvature) else 0.0
+
+    def candidate(t: float) -> _State:
+        v = state.w - t * b
+        mask = budget.mask(v)
+        v = torch.where(mask, v, torch.zeros((), dtype=v.dtype))
+        xv = prob.xv(v)
+        return _State(v, mask, xv, prob.objective(plan, v, xv))
+
+    best, growths = candidate(tau), 0
+    while growths < 10 * max_growth:
+        trial = candidate(tau * 1.05)
+        if not trial.q < best.q:
+            break
+        best, tau, growths = trial, tau * 1.05, growths + 1
+    return best, {"tau": tau, "growths": growths}
+
+
 def _backsolve(
     prob: _Problem, plan: TransportResult, state: _State, cg_iters: int, cg_tol: float
 ) -> tuple[_State, dict[str, Any]]:
@@ -342,6 +378,7 @@ class Settings:
     anchor: str
     update_weights: bool
     scope: str
+    step_rule: str = "descent"
     direction: Direction = "consistent"  # swap only: lr's gradient is the consistent one
     plan_every: int = 10  # swap only: lr's identity plan never changes
 
@@ -390,8 +427,10 @@ def solve_regression(
             entry["skipped"] = "keeps every weight"
             stage_logs.append(entry)
             continue
-        support = budget.mask(w)
-        w = torch.where(support, w, torch.zeros((), dtype=w.dtype))
+        authors = settings.step_rule == "always"
+        if not authors:  # the authors' step starts from the weights as they are
+            support = budget.mask(w)
+            w = torch.where(support, w, torch.zeros((), dtype=w.dtype))
         xw = prob.xv(w)
         plan_mark = plan_log.mark()
         plan = _plan_at(plans, xw, plan_log)
@@ -401,7 +440,21 @@ def solve_regression(
         last_tau = None
         cg_log: dict[str, Any] = {}
         iht_seconds = 0.0
-        while True:
+        if authors:
+            t_iht = time.perf_counter()
+            new, info = _authors_step(prob, plan, state, budget, settings.direction, settings.max_growth)
+            support_changes = int(not torch.equal(new.support, state.support))
+            state, steps, last_tau = new, 1, info["tau"]
+            iht_seconds = time.perf_counter() - t_iht
+            entry.update(objective_after_iht=state.q, growths=info["growths"])
+            if settings.backsolve:  # the authors write the mask only (update_weights false); a re-fit is optional
+                if plan.method not in ("identity", "independent"):
+                    plan = _plan_at(plans, state.xw, plan_log)
+                    state.q = prob.objective(plan, state.w, state.xw)
+                state, cg = _backsolve(prob, plan, state, settings.cg_iters, settings.cg_tol)
+                cg_log.update(cg_iterations=cg["cg_iterations"], cg_relative_residual=cg["cg_relative_residual"])
+                rounds = 1
+        while not authors:
             # IHT while it moves the support. A step that keeps the support is steepest descent on
             # the restricted quadratic, which the backsolve finishes exactly (and far faster on an
             # ill-conditioned X); after a pass that moved it, IHT tries again from the re-fit.

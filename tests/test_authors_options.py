@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from swap_hw.config import parse_scenario_text
+from swap_hw.errors import ParameterError
 from swap_hw.gradients import GRADIENT_SOURCES
 from swap_hw.models import train_model
 from swap_hw.protocols import PROTOCOLS, PruneJob
@@ -178,3 +179,27 @@ def test_mlpnet_without_biases():
     model = build_model("mlpnet", (1, 8, 8), 10, seed=0, bias=False)
     assert all(not name.endswith("bias") for name, _ in model.named_parameters())
     assert sum(p.numel() for p in model.parameters()) == 64 * 40 + 40 * 20 + 20 * 10
+
+
+def test_anchoring_every_stage_at_the_dense_weights(digits_model):
+    """With the stage's own weights as w̄ the authors' step starts where the gradient is 0 and
+    reduces to magnitude; anchored at the dense weights it moves the mask."""
+    kwargs = dict(stages=1, iht_steps=1, step_rule="always", update_weights=False, backsolve=False,
+                  lambda_=0.01, lambda_units="absolute")
+    protocol = dict(stages=3, epochs=1, optimizer="sgd", lr=1e-3, momentum=0.5)
+    stage = PROTOCOLS.get("gradual")(**protocol).run(PRUNERS.get("lr")(**kwargs), _job(digits_model), 0.7)[1]
+    dense = PROTOCOLS.get("gradual")(**protocol, anchor="dense").run(PRUNERS.get("lr")(**kwargs), _job(digits_model), 0.7)[1]
+    magnitude = PROTOCOLS.get("gradual")(**protocol).run(PRUNERS.get("magnitude")(), _job(digits_model), 0.7)[1]
+    assert all(torch.equal(stage.masks[k], magnitude.masks[k]) for k in stage.masks)
+    assert any(not torch.equal(dense.masks[k], magnitude.masks[k]) for k in dense.masks)
+    with pytest.raises(ParameterError, match="takes no anchor_weights"):
+        PRUNERS.get("magnitude")().prune({"a": torch.ones(3)}, None, 0.5, anchor_weights={"a": torch.ones(3)})
+
+
+def test_the_authors_preset_runs(tmp_path):
+    from swap_hw.cli import main
+
+    args = ["run", "scenarios/swap_authors.yaml", "--quiet", "--set", "repeats=1", "--set", "sparsities=[0.7]",
+            "--set", "protocol.stages=3", "--set", f"output.db={tmp_path / 'a.sqlite'}",
+            "--set", f"output.cache_dir={tmp_path / 'cache'}"]
+    assert main(args) == 0

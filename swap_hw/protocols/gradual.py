@@ -31,6 +31,12 @@ class Gradual(PruningProtocol):
             description="let a later stage re-select weights an earlier one pruned (their gradients stay live), "
             "as the authors' code does; false = the pruned set only grows",
         )
+        anchor: Literal["stage", "dense"] = Field(
+            "stage", json_schema_extra=ADDED_LATER,
+            description="what each stage's objective is anchored at (targets, plan, ridge): the stage's own weights "
+            "(stage, default) or the dense model's at every stage while the step starts from the stage's weights "
+            "(dense: the authors' code; for lr and swap)",
+        )
         epochs: int = Field(1, ge=0, description="E: fine-tuning epochs after each stage, pruned weights held at 0")
         lr: float = Field(1e-3, gt=0, description="Adam learning rate of fine-tuning")
         batch_size: int = Field(64, gt=0, description="fine-tuning minibatch size")
@@ -47,5 +53,5 @@ class Gradual(PruningProtocol):
         return prune_staged(pruner, job.model, job.source, job.calibration, target, self.params.stages, job.seed,
                             job.layout, finetune=self.params, train_split=job.train_split, first_grads=job.grads,
                             fresh_calibration=job.train_split if self.params.fresh_calibration else None,
-                            regrow=self.params.regrow,
+                            regrow=self.params.regrow, anchor_dense=self.params.anchor == "dense",
                             **job.storage)

@@ -88,6 +88,7 @@ def prune_staged(
     on_stage: Callable[[dict[str, Any]], None] | None = None,
     fresh_calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     regrow: bool = False,
+    anchor_dense: bool = False,
 ) -> tuple[nn.Module, PruneResult]:
     """Prune to `sparsity` in `stages` stages, re-collecting gradients before each (see the module
     docstring): the `multi_stage` protocol, or `gradual` when `finetune` is given (then
@@ -111,6 +112,9 @@ def prune_staged(
     regrow:      let a later stage re-select weights an earlier one pruned (the authors' code): their
                  gradient columns stay live and the stage's mask replaces the previous one instead of
                  being intersected with it; `revived` then counts the weights regrown.
+    anchor_dense: anchor every stage's objective at the dense weights (targets, plan, ridge) while
+                 the step starts from the stage's weights, as the authors' code does; false = each
+                 stage's own weights are its w̄ (pruners with `uses_anchor_weights`; others ignore it).
     on_stage:    called with each stage's log entry as soon as the stage is done.
 
     The result's masks are the final masks, its weights the final pruned (fine-tuned) tensors, its
@@ -162,7 +166,10 @@ def prune_staged(
             entry["gradient_seconds"] = time.perf_counter() - t0
 
         weights = layout.weights_of(work)
-        result = pruner.prune(weights, grads, s_t)
+        if anchor_dense and pruner.uses_anchor_weights:  # the dense targets and ridge at every stage
+            result = pruner.prune(weights, grads, s_t, anchor_weights=layout.unflatten(w_dense))
+        else:
+            result = pruner.prune(weights, grads, s_t)
         del grads
         new_keep = layout.flatten(result.masks).to(torch.bool)
         revived = int((new_keep & ~keep).sum())

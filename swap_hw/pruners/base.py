@@ -194,6 +194,8 @@ class Pruner(Component):
     # runs its own prune schedule (e.g. prune–rewind–retrain), so protocols call it once rather
     # than staging it; its log names the schedule under "protocol"
     schedules_itself: ClassVar[bool] = False
+    # the objective can be anchored at weights other than the starting ones (`anchor_weights`)
+    uses_anchor_weights: ClassVar[bool] = False
 
     def prune(
         self,
@@ -202,7 +204,12 @@ class Pruner(Component):
         sparsity: float | Literal["auto"],
         *,
         training: TrainingContext | None = None,
+        anchor_weights: Mapping[str, torch.Tensor] | None = None,
     ) -> PruneResult:
+        """`anchor_weights` (pruners with `uses_anchor_weights`): the weights the objective is anchored
+        at — the regression's targets X·w_a, its plan's dense cloud and its ridge centre — when they
+        are not the starting `weights` where the gradients were taken (the SWAP authors keep the
+        dense model's weights there at every stage of a staged protocol)."""
         if self.needs_gradients and grads is None:
             raise ParameterError(f"pruner {self.name!r} needs a GradientSet, got None")
         if self.needs_training and training is None:
@@ -212,7 +219,11 @@ class Pruner(Component):
             )
         layout, w_bar = self._reference(weights, grads)
         target = self.target_sparsity(sparsity, weights)
-        return self._prune(w_bar, layout, target, grads, training)
+        if anchor_weights is None:
+            return self._prune(w_bar, layout, target, grads, training)
+        if not self.uses_anchor_weights:
+            raise ParameterError(f"pruner {self.name!r} takes no anchor_weights")
+        return self._prune(w_bar, layout, target, grads, training, anchor=layout.flatten(anchor_weights))
 
     def target_sparsity(self, sparsity: float | str, weights: Mapping[str, torch.Tensor]) -> float | None:
         """The fraction to prune: `sparsity` itself, or for "auto" one PQ-index step on `weights`
@@ -247,12 +258,14 @@ class Pruner(Component):
         target: float | None,
         grads: GradientSet | None,
         training: TrainingContext | None,
+        anchor: torch.Tensor | None = None,
     ) -> PruneResult:
         """One solve on w̄: k = floor(d·(1 − target)) survivors from `_solve`, exactly k for a
         global scope, weights zero off the support, per-layer sparsity and PQI logged."""
         k = kept_count(layout.d, target)
         start = time.perf_counter()
-        out = self._solve(w_bar, grads, k, layout)  # solvers never write into w_bar (the GradientSet's)
+        # solvers never write into w_bar (the GradientSet's); only anchored pruners take `anchor`
+        out = self._solve(w_bar, grads, k, layout) if anchor is None else self._solve(w_bar, grads, k, layout, anchor=anchor)
         seconds = time.perf_counter() - start
         mask = out.mask.reshape(-1).to(torch.bool)
         if int(mask.sum()) != k and out.log.get("scope", "global") == "global":

@@ -395,8 +395,12 @@ def solve_regression(
     layout: Layout,
     settings: Settings,
     make_plans: Callable[[torch.Tensor], PlanProvider],
+    anchor: torch.Tensor | None = None,
 ) -> SolveOutput:
     """Prune w̄ to k survivors by multi-stage IHT + CG backsolve on the plan-weighted regression.
+
+    `anchor`: weights other than w̄ to anchor the objective at (targets y = X·anchor, the ridge
+    centre); the iterate still starts from w̄, and `update_weights: false` keeps w̄'s values.
 
     make_plans(y) returns the plan provider for the targets y = X w̄ (float64, length n); it is
     called once, and the provider once per plan update with the current Xw. Returns the flat
@@ -405,7 +409,8 @@ def solve_regression(
     """
     t_all = time.perf_counter()
     d, n = layout.d, grads.n
-    w_ref = w_bar.reshape(-1).to(torch.float64)
+    w_start = w_bar.reshape(-1).to(torch.float64)
+    w_ref = w_start if anchor is None else anchor.reshape(-1).to(torch.float64)
     fisher_scale = grads.mean_square() if settings.lambda_units == "relative" else 1.0
     lambda_abs = settings.lambda_ * fisher_scale
     prob = _Problem(grads, torch.zeros(0), n * lambda_abs, w_ref.clone())
@@ -414,7 +419,7 @@ def solve_regression(
     plan_log = _PlanLog()
     s_target = 1.0 - k / d if d else 0.0
     sparsities = cubic_schedule(s_target, settings.stages)
-    w = w_ref.clone()
+    w = w_start.clone()
     support = torch.ones(d, dtype=torch.bool)
     stage_logs: list[dict[str, Any]] = []
     final_q: float | None = None
@@ -515,7 +520,7 @@ def solve_regression(
     if settings.update_weights:
         w_out = w.to(torch.float32)
     else:
-        w_out = w_ref.to(torch.float32)
+        w_out = w_start.to(torch.float32)
     log = {
         "scope": settings.scope,
         "lambda_abs": lambda_abs,
@@ -535,6 +540,7 @@ class RegressionPruner(Pruner):
     """Base of `lr` and `swap`: one solver, the plan provider is the only difference."""
 
     Params = RegressionParams
+    uses_anchor_weights = True
 
     def settings(self) -> Settings:
         return Settings.from_params(self.params)
@@ -542,6 +548,7 @@ class RegressionPruner(Pruner):
     def make_plans(self, y: torch.Tensor) -> PlanProvider:
         raise NotImplementedError
 
-    def _solve(self, w_bar: torch.Tensor, grads: GradientSet | None, k: int, layout: Layout) -> SolveOutput:
+    def _solve(self, w_bar: torch.Tensor, grads: GradientSet | None, k: int, layout: Layout,
+               anchor: torch.Tensor | None = None) -> SolveOutput:
         assert grads is not None  # Pruner.prune refuses None for pruners that need gradients
-        return solve_regression(grads, w_bar, k, layout, self.settings(), self.make_plans)
+        return solve_regression(grads, w_bar, k, layout, self.settings(), self.make_plans, anchor)

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Literal, Mapping, Protocol
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..data import draw_examples
@@ -50,7 +51,35 @@ from ..layout import Layout
 from ..models import enforce_masks, train_model
 from ..pruners.base import PruneResult, Pruner, result_pqi_log
 from ..pruners.schedule import check_sparsity, cubic_schedule
+from ..registry import ADDED_LATER, Params
 from ..seeding import derive_seed
+
+
+class StagedParams(Params):
+    """The settings every staged protocol shares (`stages` is declared by each, its meaning differs)."""
+
+    fresh_calibration: bool = Field(
+        False, json_schema_extra=ADDED_LATER,
+        description="draw a new calibration batch of n training examples at every stage (seeded per stage), "
+        "as the authors' code does; false = the replicate's one batch at every stage",
+    )
+    regrow: bool = Field(
+        False, json_schema_extra=ADDED_LATER,
+        description="let a later stage re-select weights an earlier one pruned (their gradients stay live), "
+        "as the authors' code does; false = the pruned set only grows",
+    )
+    anchor: Literal["stage", "dense"] = Field(
+        "stage", json_schema_extra=ADDED_LATER,
+        description="what each stage's objective is anchored at (targets, plan, ridge): the stage's own weights "
+        "(stage, default) or the dense model's at every stage while the step starts from the stage's weights "
+        "(dense: the authors' code; for lr and swap)",
+    )
+
+
+def stage_options(params: StagedParams, job) -> dict[str, Any]:
+    """prune_staged's keyword arguments for these settings and a PruneJob."""
+    return {"fresh_calibration": job.train_split if params.fresh_calibration else None,
+            "regrow": params.regrow, "anchor_dense": params.anchor == "dense"}
 
 
 class FinetuneSettings(Protocol):

@@ -32,7 +32,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
-from ..errors import ParameterError, RunFault
+from ..errors import ConfigError, ParameterError, RunFault
 from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
 from ..models.training import apply_weights
@@ -40,6 +40,7 @@ from ..pqi import DEFAULT_P, DEFAULT_Q, auto_sparsity, pqi_log
 from ..registry import Component, Registry
 from .schedule import check_sparsity
 from .selection import hard_threshold, hard_threshold_mask, kept_count  # noqa: F401  (re-exported)
+from .structure import UNSTRUCTURED, Structure, realised
 
 PRUNERS: Registry["Pruner"] = Registry("pruner")
 
@@ -225,6 +226,20 @@ class Pruner(Component):
             raise ParameterError(f"pruner {self.name!r} takes no anchor_weights")
         return self._prune(w_bar, layout, target, grads, training, anchor=layout.flatten(anchor_weights))
 
+    @property
+    def structure(self) -> Structure:
+        """The survivors' pattern (pruners/structure.py); unstructured for pruners without the setting."""
+        return Structure.parse(getattr(self.params, "structure", UNSTRUCTURED))
+
+    def validate_scenario(self, scenario, file: str, path: str) -> None:
+        """Config-time check: every numeric sparsity of the scenario is reachable under `structure`."""
+        for i, s in enumerate(scenario.spec.sparsities):
+            if isinstance(s, (int, float)) and not isinstance(s, bool):
+                try:
+                    self.structure.check_sparsity(float(s))
+                except ParameterError as exc:
+                    raise ConfigError(file, f"{path}.structure", f"{exc} (sparsities[{i}])") from None
+
     def target_sparsity(self, sparsity: float | str, weights: Mapping[str, torch.Tensor]) -> float | None:
         """The fraction to prune: `sparsity` itself, or for "auto" one PQ-index step on `weights`
         (pqi.auto_sparsity). None means the pruner's own rule decides (see IterativePruner)."""
@@ -268,8 +283,11 @@ class Pruner(Component):
         out = self._solve(w_bar, grads, k, layout) if anchor is None else self._solve(w_bar, grads, k, layout, anchor=anchor)
         seconds = time.perf_counter() - start
         mask = out.mask.reshape(-1).to(torch.bool)
-        if int(mask.sum()) != k and out.log.get("scope", "global") == "global":
+        structure = self.structure
+        if structure.unstructured and int(mask.sum()) != k and out.log.get("scope", "global") == "global":
             raise RuntimeError(f"{self.name} kept {int(mask.sum())} weights, expected exactly {k}")
+        # checked exactly (a unit kept in part, an N:M group over N raises), logged when structured
+        structure_log = {} if structure.unstructured else {"structure": realised(structure, layout, mask)}
         w = torch.where(mask, out.w.reshape(-1).float(), torch.zeros(()))
         if not bool(torch.isfinite(w).all()):  # nothing NaN leaves a pruner (its log's PQI would fail too)
             raise RunFault(f"pruner {self.label} produced NaN/Inf weights")
@@ -283,6 +301,7 @@ class Pruner(Component):
             "seconds": seconds,
             **result_pqi_log(layout, w_bar, w, mask, masks),
             **out.log,
+            **structure_log,
         }
         return PruneResult(masks=masks, weights=layout.unflatten(w), log=log)
 

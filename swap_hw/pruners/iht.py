@@ -78,12 +78,13 @@ from ..transport import TransportResult
 from .base import Pruner, SolveOutput
 from .schedule import cubic_schedule
 from .selection import Budget, kept_count
+from .structure import UNSTRUCTURED, StructureParams, make_budget
 
 PlanProvider = Callable[[torch.Tensor], TransportResult]
 Direction = Literal["consistent", "reference"]
 
 
-class RegressionParams(Params):
+class RegressionParams(StructureParams):
     """Parameters shared by `lr` and `swap` (YAML key `lambda` for λ)."""
 
     # YAML, describe() and labels say `lambda` (a Python keyword, hence the field name lambda_)
@@ -379,6 +380,7 @@ class Settings:
     update_weights: bool
     scope: str
     step_rule: str = "descent"
+    structure: str = UNSTRUCTURED
     direction: Direction = "consistent"  # swap only: lr's gradient is the consistent one
     plan_every: int = 10  # swap only: lr's identity plan never changes
 
@@ -426,7 +428,7 @@ def solve_regression(
     for t, s_t in enumerate(sparsities, start=1):
         t_stage = time.perf_counter()
         k_t = k if t == len(sparsities) else kept_count(d, s_t)
-        budget = Budget.make(layout, k_t, s_t if t < len(sparsities) else s_target, settings.scope)
+        budget = make_budget(layout, k_t, s_t if t < len(sparsities) else s_target, settings.scope, settings.structure)
         entry: dict[str, Any] = {"stage": t, "sparsity": s_t, "kept": budget.kept}
         if budget.keeps_all:
             entry["skipped"] = "keeps every weight"

@@ -97,6 +97,10 @@ class Budget:
             out[start:stop] = hard_threshold_mask(v[start:stop], k)
         return out
 
+    def mask_scores(self, e: torch.Tensor) -> torch.Tensor:
+        """The same selection from per-weight scores e ≥ 0 (e.g. OBS saliencies): top-k of e per group."""
+        return self.mask(e)
+
     def tau_c(self, w: torch.Tensor, b: torch.Tensor, support: torch.Tensor) -> float:
         """The largest τ ≥ 0 for which the top-k support of w − τb is still `support` (per group).
 

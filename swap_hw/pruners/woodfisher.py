@@ -38,9 +38,8 @@ from pydantic import Field
 
 from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
-from ..registry import Params
 from .base import PRUNERS, Pruner, SolveOutput
-from .selection import Budget
+from .structure import StructureParams, make_budget
 
 
 class WoodburyFisher:
@@ -179,7 +178,7 @@ class WoodburyFisher:
 class WoodFisherPruner(Pruner):
     """Prune the lowest OBS scores w̄_q²/(2[F⁻¹]_qq); exact joint OBS update of the survivors."""
 
-    class Params(Params):
+    class Params(StructureParams):
         delta: float = Field(
             1e-3, gt=0, description="dampening δ > 0 of F = XᵀX/n + δI (units of F: loss²/weight²)"
         )
@@ -199,7 +198,8 @@ class WoodFisherPruner(Pruner):
         inv_diag = fisher.inverse_diagonal()
         scores = w * w / (2.0 * inv_diag)
         sparsity = 1.0 - k / layout.d if layout.d else 0.0
-        mask = Budget.make(layout, k, sparsity, p.scope).mask(scores)
+        # the saliencies are the per-weight scores; a structured unit's score is their sum (pruners/structure.py)
+        mask = make_budget(layout, k, sparsity, p.scope, p.structure).mask_scores(scores)
         log = {"scope": p.scope, "score_min_kept": float(scores[mask].min()) if bool(mask.any()) else None}
         if p.update == "obs":
             delta_w = fisher.obs_update(w, ~mask)

@@ -7,8 +7,9 @@ scenarios do) it prints three tables, so users can plan sweeps:
    corrupted, attacks crafted, hardware programmed, per-sample gradients, gradient noise);
 2. deployment conditions: seconds per 1000 test samples — digital; analog split into one
    programming (`hardware.program`, per draw) and one drift + test pass (per draw per drift
-   time), per noise model and with aihwkit's realistic periphery (ADC noise, DAC/ADC
-   quantisation), and a whole analog condition as scenarios/analog.yaml lists it; adversarial
+   time), per noise model (pcm, reram_wan2022, reram_cmo, custom, pcm_hermes), with aihwkit's
+   realistic periphery (ADC noise, DAC/ADC quantisation), per drift compensation (per_column,
+   global_exact, none; the other rows use global) and with 1 % stuck cells, and a whole analog condition as scenarios/analog.yaml lists it; adversarial
    per eps and attack; adversarial on analog hardware per draw per eps (programming included);
 3. zero retention: the model magnitude-pruned (global) to 70 % and 90 %, programmed `--draws`
    times per noise model with and without `keep_pruned_zero`; the fraction of pruned weights
@@ -106,15 +107,22 @@ def condition_table(model: nn.Module, splits, repeats: int) -> None:
 
     realistic = {"out_noise": 0.06, "inp_res": 1 / 126, "out_res": 1 / 510}
     x, y = test
-    for noise_model, io_label, io in [(m, "", {}) for m in ("pcm", "reram_wan2022", "reram_cmo", "custom")] + [
-        ("pcm", " + IO noise, DAC/ADC steps", realistic)
-    ]:
-        config = HardwareConfig(noise_model=noise_model, **io)
+    devices = [(f"analog {m}", {"noise_model": m}) for m in ("pcm", "reram_wan2022", "reram_cmo", "custom")] + [
+        ("analog pcm + IO noise, DAC/ADC steps", {"noise_model": "pcm", **realistic}),
+        # chip realism added later: compensation choices, the Hermes PCM model, stuck cells
+        ("analog pcm, per_column compensation", {"noise_model": "pcm", "compensation": "per_column"}),
+        ("analog pcm, global_exact compensation", {"noise_model": "pcm", "compensation": "global_exact"}),
+        ("analog pcm, no compensation", {"noise_model": "pcm", "compensation": "none"}),
+        ("analog pcm_hermes", {"noise_model": "pcm_hermes"}),
+        ("analog pcm, 1 % cells stuck (both)", {"noise_model": "pcm", "stuck_fraction": 0.01, "stuck_at": "both"}),
+    ]
+    for label, fields in devices:
+        config = HardwareConfig(**fields)
         chip = program(model, config, seed=0)
         prog = median_seconds(lambda: program(model, config, seed=0), repeats)
         step = median_seconds(lambda: (chip.drift(86400.0, seed=1), chip.accuracy_and_loss(x, y, seed=2)), repeats)
-        print(f"   {f'analog {noise_model}{io_label}: programming, per draw':64s} {prog:9.3f}")
-        print(f"   {f'analog {noise_model}{io_label}: drift + test pass, per draw per time':64s} {step:9.3f}")
+        print(f"   {f'{label}: programming, per draw':64s} {prog:9.3f}")
+        print(f"   {f'{label}: drift + test pass, per draw per time':64s} {step:9.3f}")
     whole = make("analog")(noise_model="pcm", draws=5)  # the analog scenario's condition
     print(f"   {'analog pcm, 5 draws × 4 drift times (scenarios/analog.yaml)':64s} "
           f"{median_seconds(run(whole), repeats):9.3f}")

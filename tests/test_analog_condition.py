@@ -36,9 +36,13 @@ def test_subset(digits_model):
 def test_measurements_grid_and_seeding(digits_model, test_subset):
     model, _ = digits_model
     cond = CONDITIONS.get("analog")(draws=2, drift_times=[3600.0, 1.0])
-    a = cond.evaluate(model, test_subset, seed=0)
-    assert a == cond.evaluate(model, test_subset, seed=0)
-    b = cond.evaluate(model, test_subset, seed=1)
+    measured = cond.evaluate(model, test_subset, seed=0)
+    assert measured == cond.evaluate(model, test_subset, seed=0)
+    # the drawn measurements (the untagged / layer-tagged tile accounting is tested in test_accounting.py)
+    a = [m for m in measured if "draw" in m.tags]
+    accounting = {m.metric: m.value for m in measured if not m.tags}
+    assert accounting["tiles_freed"] == 0 and accounting["tiles"] == 3  # dense MLPNet, three layers, one tile each
+    b = [m for m in cond.evaluate(model, test_subset, seed=1) if "draw" in m.tags]
     assert [m.value for m in a] != [m.value for m in b]
     # dense model: accuracy, loss, weight_error per (draw, time); no zero-retention figure
     assert {m.metric for m in a} == {"accuracy", "loss", "weight_error"}
@@ -47,7 +51,7 @@ def test_measurements_grid_and_seeding(digits_model, test_subset):
     assert all(0.0 <= m.value <= 1.0 for m in a if m.metric == "accuracy")
     # a measurement at t does not depend on which other times are listed
     only = CONDITIONS.get("analog")(draws=2, drift_times=[3600.0]).evaluate(model, test_subset, seed=0)
-    assert [m for m in a if m.tags["drift_time"] == 3600.0] == only
+    assert [m for m in a if m.tags["drift_time"] == 3600.0] == [m for m in only if "draw" in m.tags]
 
 
 def test_uncompensated_drift_degrades_accuracy(digits_model, test_subset):

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default="accuracy")
     rep.add_argument("--out", help="write json/csv/markdown here instead of standard output")
     rep.add_argument("--layers", action="store_true",
-                     help="also show per-layer sparsity and PQ index before → after for every pruner")
+                     help="also show per-layer sparsity and PQ index before → after for every pruner, and on analog "
+                     "conditions the crossbar tiles each layer programs / frees and its line reads per inference")
     cli_sweeps.add_report_arguments(rep)
     cli_sweeps.add_export_parser(sub)
 
@@ -159,7 +160,7 @@ def cmd_report(args) -> int:
         if args.layers:
             from ..results.report import layer_rows, render_layers
 
-            render_layers(layer_rows(cell_logs), title=f"per-layer sparsity and PQ index — run {run_id}")
+            render_layers(layer_rows(cell_logs, records), title=f"per-layer sparsity and PQ index — run {run_id}")
         return 0
     if args.format == "markdown":
         text = render_markdown(summarize(records, args.metric), title=f"{run['name']} — run {run_id}")

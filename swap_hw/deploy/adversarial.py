@@ -32,6 +32,36 @@ over replicates. "attack_success" is relative to the same chip's clean predictio
 Every forward pass runs under a seed derived from (seed, eps, draw), so the same seed gives the
 same numbers, on digital and on analog models alike.
 
+Robustness of a stochastic chip by the randomized-defence rules (`eot_draws`: K)
+------------------------------------------------------------------------------
+The numbers above attack the very draw they score, through gradients of that ONE draw; RobustBench
+and AutoAttack do not accept that as the robustness of a randomized model. With `eot_draws: K`
+(hardware only) each draw k instead:
+
+- programs the SCORING chip exactly as above (seeds (seed, "program"/"drift", k): the same chip,
+  so the eps = 0 numbers are those of the default mode), and
+- programs K ATTACK chips, held out from scoring: chip j is programmed with seed
+  derive_seed(seed, "adversarial-condition", "attack-program", k, j) and drifted to `drift_time`
+  with seed (…, "attack-drift", k, j) — independent programming noise, drift exponents and read
+  noise, never the scoring chip's. They are shared by the eps levels of that draw; K' < K chips are
+  the first K' of K.
+- crafts x' on the K attack chips with EOT (swap_hw.noise.attacks.craft_adversarial_eot): forward
+  calls cycle through the chips, and the EOT attacks (eotpgd, apgd, autoattack_rand) average one
+  gradient per chip at every step (eot_iter = K, torchattacks' EOTPGD semantics). Attacks without
+  EOT (pgd, fgsm, ...) take K = 1: a transfer attack from one held-out chip, and eotpgd with
+  eot_draws 1 gives exactly the same x' (same seed) as pgd with eot_draws 1.
+- scores x' on the scoring chip (a held-out draw): robust accuracy as above.
+
+Measurements then carry one more tag, {"eot_draws": K} (numeric: a grid coordinate in the store,
+so the report's column reads e.g. "adversarial eot_draws=20 eps=0.1"), next to {"attack": name};
+at the default (eot_draws None) tags and cell keys are those of before. The number accepted as
+randomized-defence robustness is attack autoattack_rand with eot_draws ≥ 2 (AutoAttack's own
+setting: 20), scored as here on held-out chips; since APGD returns the clean x for examples it did
+not fool on the attack chips, eotpgd at the same K can be stronger on the scored chip, so a claim
+should give the smaller of the two (measured in docs/robustness.md). Cost per draw: K + 1
+programmings, and per eps > 0 about (steps + 1)·K forward + backward passes per example for eotpgd
+and apgd, twice that for autoattack_rand.
+
 `max_examples` scores the first N test examples only (the same N for every model, so pruners stay
 comparable) — attacks cost `steps` forward + backward passes per example (on hardware, plus one
 programming per draw).
@@ -46,9 +76,17 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..noise.attacks import AttackSettings, craft_adversarial, input_range_problem
+from ..noise.attacks import (
+    EOT_ATTACKS,
+    AttackSettings,
+    attack_class_problem,
+    craft_adversarial,
+    craft_adversarial_eot,
+    input_range_problem,
+)
 from ..errors import ConfigError
 from ..noise.hardware import HardwareConfig, Seconds, program
+from ..registry import ADDED_LATER
 from ..seeding import derive_seed, torch_global_seed
 from .base import CONDITIONS, Condition, Measurement
 
@@ -91,6 +129,16 @@ class AdversarialCondition(Condition):
             "one day); required with hardware, not allowed without",
         )
 
+        eot_draws: int | None = Field(
+            None,
+            ge=1,
+            le=100,
+            json_schema_extra=ADDED_LATER,
+            description="with hardware: craft the attack on this many chips held out from the one "
+            "scored, averaging one gradient per chip per step (EOT; eot_iter = eot_draws); > 1 "
+            "needs eotpgd, apgd or autoattack_rand. None = attack the scored chip itself",
+        )
+
         @field_validator("eps")
         @classmethod
         def _non_negative(cls, values: list[float], info: ValidationInfo) -> list[float]:
@@ -120,11 +168,34 @@ class AdversarialCondition(Condition):
                 hardware.check_drift_time(value)
             return value
 
+        @field_validator("eot_draws")
+        @classmethod
+        def _eot_draws_on_hardware(cls, value: int | None, info: ValidationInfo) -> int | None:
+            if value is None or "hardware" not in info.data:
+                return value
+            if info.data["hardware"] is None:
+                raise ValueError("eot_draws applies only to a model on hardware (a digital model has one "
+                                 "draw): add a hardware block")
+            attack = info.data.get("attack")
+            if value > 1 and attack is not None and attack not in EOT_ATTACKS:
+                raise ValueError(f"eot_draws {value} needs an attack that averages gradients over draws "
+                                 f"({', '.join(EOT_ATTACKS)}); {attack} takes eot_draws 1")
+            eot_iter = info.data.get("eot_iter", 1)
+            if eot_iter not in (1, value):
+                raise ValueError(f"with eot_draws the attack averages one gradient per chip per step "
+                                 f"(eot_iter = eot_draws = {value}); leave eot_iter out (got {eot_iter})")
+            return value
+
     def validate_scenario(self, scenario, file: str, path: str) -> None:
-        """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""
-        problem = input_range_problem(scenario.spec.data, getattr(scenario.inline, "data", None))
+        """Config-time check: the scenario's inputs must lie in [0, 1] for an attack, and
+        autoattack_rand needs ≥ 3 classes."""
+        inline = getattr(scenario.inline, "data", None)
+        problem = input_range_problem(scenario.spec.data, inline)
         if problem:
             raise ConfigError(file, path, problem)
+        problem = attack_class_problem(self.params, scenario.spec.data, inline)
+        if problem:
+            raise ConfigError(file, f"{path}.attack", problem)
 
     def describe(self) -> dict[str, Any]:
         # A digital attack's description (and so its results' keys in existing databases) does not
@@ -160,6 +231,9 @@ class AdversarialCondition(Condition):
         p = self.params
         t = float(p.drift_time)
         out: list[Measurement] = []
+        tags: dict[str, Any] = {"drift_time": t}
+        if p.eot_draws is not None:
+            tags["eot_draws"] = p.eot_draws
         for draw in range(p.draws):
             chip = program(model, p.hardware, derive_seed(seed, "adversarial-condition", "program", draw))
             chip.drift(t, derive_seed(seed, "adversarial-condition", "drift", draw))
@@ -168,11 +242,26 @@ class AdversarialCondition(Condition):
             clean_seed = derive_seed(derive_seed(seed, "adversarial-condition", 0.0, draw), "score")
             with torch_global_seed(clean_seed):
                 clean_correct = _correct(chip.analog, x, y)
+            attack_chips = None
+            if p.eot_draws is not None and any(eps > 0 for eps in p.eps):
+                attack_chips = self.attack_chips(model, seed, draw)
             for eps in p.eps:
-                out.extend(
-                    self._attack_and_score(chip.analog, x, y, clean_correct, float(eps), draw, seed, {"drift_time": t})
-                )
+                out.extend(self._attack_and_score(
+                    chip.analog, x, y, clean_correct, float(eps), draw, seed, tags, attack_chips
+                ))
         return out
+
+    def attack_chips(self, model: nn.Module, seed: int, draw: int) -> list[nn.Module]:
+        """The `eot_draws` attack chips of `draw`: held-out programming draws of `model`, each
+        drifted to drift_time, seeded (seed, "attack-program" / "attack-drift", draw, j) — never
+        the seeds of the scored chip (seed, "program" / "drift", draw)."""
+        p = self.params
+        chips = []
+        for j in range(p.eot_draws):
+            chip = program(model, p.hardware, derive_seed(seed, "adversarial-condition", "attack-program", draw, j))
+            chip.drift(float(p.drift_time), derive_seed(seed, "adversarial-condition", "attack-drift", draw, j))
+            chips.append(chip.analog)
+        return chips
 
     def _attack_and_score(
         self,
@@ -184,14 +273,25 @@ class AdversarialCondition(Condition):
         draw: int,
         seed: int,
         extra_tags: dict[str, Any],
+        attack_chips: list[nn.Module] | None = None,
     ) -> list[Measurement]:
-        """accuracy, loss and attack_success of `model` on x attacked with budget eps (one draw)."""
+        """accuracy, loss and attack_success of `model` on x attacked with budget eps (one draw).
+
+        x' is crafted against `model` itself, or, given `attack_chips`, against those held-out
+        draws with EOT (eot_iter = their number), and always scored on `model`.
+        """
         p = self.params
         # The attack's seed depends on (seed, eps, draw) only: adding an eps level or a draw
         # leaves the other measurements unchanged.
         draw_seed = derive_seed(seed, "adversarial-condition", eps, draw)
         tags = {"eps": eps, "attack": p.attack, "draw": draw, **extra_tags}
-        x_adv = x if eps == 0 else craft_adversarial(model, x, y, p, eps, draw_seed)
+        if eps == 0:
+            x_adv = x
+        elif attack_chips is not None:
+            settings = p.model_copy(update={"eot_iter": len(attack_chips)})
+            x_adv = craft_adversarial_eot(attack_chips, x, y, settings, eps, draw_seed)
+        else:
+            x_adv = craft_adversarial(model, x, y, p, eps, draw_seed)
         with torch_global_seed(derive_seed(draw_seed, "score")):
             correct, loss = _correct_and_loss(model, x_adv, y)
         n_clean = int(clean_correct.sum())

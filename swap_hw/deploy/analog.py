@@ -11,10 +11,19 @@ are listed). At each (k, t) the test split is evaluated through the analog forwa
 Measurements, each tagged {"drift_time": t (s), "draw": k}:
 - "accuracy": top-1 fraction in [0, 1];
 - "loss": mean cross-entropy, nats;
-- "weight_error": ‖W_hw − W‖₂/‖W‖₂ over all programmed layers (W_hw = α·W_tile);
+- "weight_error": ‖W_hw − W‖₂/‖W‖₂ over all programmed layers (W_hw = diag(α)·W_tile per tile:
+  one α per tile, or one per output column with `compensation: per_column`);
 - "pruned_zero_fraction": fraction of exactly-zero weights still exactly zero on hardware, in
-  [0, 1] — emitted only when the model has exact zeros (a dense model has nothing to report).
+  [0, 1] — emitted only when the model has exact zeros (a dense model has nothing to report);
+- "stuck_fraction": realised fraction of analog cells stuck (stuck cells / cells, in [0, 1)),
+  fixed per draw at programming, so the same value at every drift time of that draw — emitted
+  only when `stuck_fraction` > 0.
 Mean ± CI over draws is the report's job.
+
+Hardware accounting (deploy/accounting.py), untagged because it depends on the mask alone: the
+crossbar tiles of size `tile_size` the model programs ("tiles") and frees ("tiles_freed"), the cells
+programmed, and the input / output lines read per inference ("row_reads", "column_reads"); per
+layer as `layer_<metric>` with the text tag "layer" (shown by `report --layers`).
 
 Cost: `draws` conversions + programmings, and draws·len(drift_times) drifts and test passes.
 """
@@ -27,6 +36,7 @@ from torch import nn
 
 from ..noise.hardware import HardwareConfig, Seconds, hardware_config_of, program
 from ..seeding import derive_seed
+from .accounting import tile_measurements
 from .base import CONDITIONS, Condition, Measurement
 
 
@@ -75,4 +85,8 @@ class AnalogCondition(Condition):
                 zero_fraction = hw.pruned_zero_fraction()
                 if zero_fraction is not None:
                     out.append(Measurement("pruned_zero_fraction", zero_fraction, tags))
+                if config.stuck_fraction > 0:
+                    out.append(Measurement("stuck_fraction", hw.stuck_fraction(), tags))
+        # what the mask frees on this chip's tiles: exact counts, the same for every draw and time
+        out.extend(tile_measurements(model, x, config.tile_size, config.keep_pruned_zero))
         return out

@@ -2,7 +2,7 @@
 
 A seeded choice picks EXACTLY m = round(fraction·n) calibration examples; each x_i is replaced by
 an adversarial x'_i crafted against the dense digital model with its true label y_i (untargeted,
-budget ‖x'_i − x_i‖ ≤ eps in input units, L∞ or L2 for pgdl2; see swap_hw/attacks.py). Row i of X
+budget ‖x'_i − x_i‖ ≤ eps in input units, L∞ or L2 for pgdl2; see swap_hw/noise/attacks.py). Row i of X
 is then ∂ CE(f(x'_i), y_i) / ∂w: the label stays right, the input moves to where the model's loss
 is high, so these rows are large and point along the model's most sensitive directions — the
 noise a pruner calibrated on attacked (or distribution-shifted) data sees.
@@ -18,7 +18,13 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from ..noise.attacks import AttackSettings, craft_adversarial, input_range_problem, perturbation_norms
+from ..noise.attacks import (
+    AttackSettings,
+    attack_class_problem,
+    craft_adversarial,
+    input_range_problem,
+    perturbation_norms,
+)
 from ..errors import ConfigError
 from ..seeding import derive_seed, torch_generator
 from .base import GRADIENT_SOURCES, GradientSource
@@ -54,10 +60,15 @@ class AdversarialSource(GradientSource):
             return eps
 
     def validate_scenario(self, scenario, file: str, path: str) -> None:
-        """Config-time check: the scenario's inputs must lie in [0, 1] for an attack."""
-        problem = input_range_problem(scenario.spec.data, getattr(scenario.inline, "data", None))
+        """Config-time check: the scenario's inputs must lie in [0, 1] for an attack, and
+        autoattack_rand needs ≥ 3 classes."""
+        inline = getattr(scenario.inline, "data", None)
+        problem = input_range_problem(scenario.spec.data, inline)
         if problem:
             raise ConfigError(file, path, problem)
+        problem = attack_class_problem(self.params, scenario.spec.data, inline)
+        if problem:
+            raise ConfigError(file, f"{path}.attack", problem)
 
     def transform_batch(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, provenance: dict

@@ -22,6 +22,37 @@ Attacks offered (torchattacks 3.3.0 classes):
 | eotpgd  | EOTPGD       | PGD averaging `eot_iter` gradients per step — for stochastic forwards (analog hardware) |
 | apgd    | APGD         | auto-PGD (Croce & Hein 2020), step size adapted, CE loss, L∞          |
 | square  | Square       | score-based black-box random search, L∞; `steps` = query budget      |
+| autoattack_rand | APGD + APGD in a MultiAttack | AutoAttack's `rand` version (below), L∞ |
+
+autoattack_rand is AutoAttack's version for randomized defences (Croce & Hein 2020, the version
+RobustBench requires for a stochastic model): APGD with the cross-entropy loss, then APGD with the
+DLR loss on the examples the first did not fool, both L∞, one restart, each gradient averaged over
+`eot_iter` forward/backward passes (EOT). torchattacks 3.3.0's `AutoAttack(version='rand')` takes
+neither the EOT count nor the step count (signature: model, norm, eps, version, n_classes, seed,
+verbose) and fixes them at eot_iter = 20, steps = 10; it is built here from the same public parts
+(`MultiAttack([APGD(loss='ce'), APGD(loss='dlr')])`, one shared seed) so that both can be set, and
+with `eot_iter=20, steps=10` it gives x' bit for bit equal to `AutoAttack(version='rand')`
+(tests/test_eot.py). The DLR loss −(z_y − max_{j≠y} z_j)/(z_(1) − z_(3)) reads the three largest
+logits, so autoattack_rand needs ≥ 3 classes (refused otherwise, at config time where the data say
+how many; before attacking, one forward pass of one example, under its own seed, counts the
+model's outputs). Like every APGD, it returns the clean x for an example it did not fool. Cost per example:
+at most 2·(steps + 1)·eot_iter + 4 forward passes and 2·(steps + 1)·eot_iter backward passes
+(AutoAttack's own setting, steps 10 × EOT 20: ≈ 440 of each; the original auto-attack package uses
+100 steps: ≈ 4040).
+
+Attacking a stochastic model by the randomized-defence rules (EOT over model draws)
+------------------------------------------------------------------------------------
+`craft_adversarial(model, ...)` takes gradients through ONE model: for a chip on simulated analog
+hardware, one programming draw. RobustBench / AutoAttack accept a robustness number for a
+randomized model only when the attack's gradients are an expectation over the randomness (EOT) and
+the accuracy is scored on fresh draws. `craft_adversarial_eot(models, ...)` attacks K = len(models)
+independent draws at once: `DrawCycle` presents them as one module whose n-th forward call runs
+draw n mod K, so any K consecutive calls — in particular the `eot_iter = K` gradient passes of each
+EOTPGD / APGD step — see the K draws once each and average their gradients (torchattacks' EOTPGD
+semantics: the mean of per-draw loss gradients, not the gradient of averaged logits). With K = 1
+the cycle is the model itself, so eotpgd with K = 1 gives x' bit for bit equal to pgd on that one
+draw (same seed). Which draws are attacked and which are scored is the caller's choice: the
+`adversarial` deployment condition attacks K draws held out from the one it scores on.
 
 The step size is alpha = alpha_rel·eps; by default 1.25·eps for ffgsm and 2.5·eps/steps for the
 iterative attacks (equal to torchattacks' own 2/255 for eps 8/255 at 10 steps).
@@ -31,22 +62,33 @@ Square reseed it themselves, so every call here runs inside `torch_global_seed(s
 seed gives the same x', and the caller's global RNG state is restored afterwards.
 
 The model is not modified: attacks take gradients with respect to the inputs only
-(torch.autograd.grad on x), and the model's train/eval mode is restored after the call. Attacks
-run the model in eval mode.
+(torch.autograd.grad on x), and the train/eval flag of every submodule is restored after the
+call. Attacks run the model in eval mode.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from ..errors import ParameterError
 from ..registry import Params
 from ..seeding import derive_seed, torch_global_seed
 
-AttackName = Literal["fgsm", "ffgsm", "bim", "pgd", "pgdl2", "mifgsm", "eotpgd", "apgd", "square"]
+AttackName = Literal[
+    "fgsm", "ffgsm", "bim", "pgd", "pgdl2", "mifgsm", "eotpgd", "apgd", "square", "autoattack_rand"
+]
+
+# Attacks whose every gradient is a mean over `eot_iter` forward/backward passes: the ones that can
+# average over several draws of a stochastic model (EOT).
+EOT_ATTACKS: tuple[str, ...] = ("eotpgd", "apgd", "autoattack_rand")
+
+# autoattack_rand's second attack, APGD-DLR, normalises by the gap between the largest and the
+# third-largest logit.
+AUTOATTACK_MIN_CLASSES = 3
 
 ATTACK_NAMES: tuple[str, ...] = AttackName.__args__  # type: ignore[attr-defined]
 
@@ -57,14 +99,16 @@ class AttackSettings(Params):
     attack: AttackName = Field(
         "pgd",
         description="torchattacks attack: fgsm, ffgsm, bim, pgd, pgdl2 (L2 ball), mifgsm, eotpgd, "
-        "apgd, square (black-box). See swap_hw/attacks.py for what each does.",
+        "apgd, square (black-box), autoattack_rand (AutoAttack's version for randomized models: "
+        "APGD-CE then APGD-DLR with EOT, L∞, ≥ 3 classes). See swap_hw/noise/attacks.py for what "
+        "each does.",
     )
     steps: int = Field(
         10,
         ge=1,
         le=10_000,
-        description="iterations of the iterative attacks (bim, pgd, pgdl2, mifgsm, eotpgd, apgd); "
-        "the query budget for square; ignored by fgsm and ffgsm",
+        description="iterations of the iterative attacks (bim, pgd, pgdl2, mifgsm, eotpgd, apgd; "
+        "each of autoattack_rand's two APGDs); the query budget for square; ignored by fgsm and ffgsm",
     )
     alpha_rel: float | None = Field(
         None,
@@ -82,8 +126,9 @@ class AttackSettings(Params):
         1,
         ge=1,
         le=100,
-        description="gradients averaged per step (expectation over transformation) by eotpgd and "
-        "apgd; raise it when the forward is stochastic (noisy analog hardware)",
+        description="gradients averaged per step (expectation over transformation) by eotpgd, "
+        "apgd and autoattack_rand (AutoAttack's own rand setting is 20); raise it when the forward "
+        "is stochastic (noisy analog hardware)",
     )
 
 
@@ -96,16 +141,21 @@ def step_size(settings: AttackSettings, eps: float) -> float:
     return 2.5 * eps / settings.steps
 
 
+def torchattacks_seed(seed: int) -> int:
+    """The `seed` argument handed to the torchattacks attacks that reseed torch's global RNG
+    themselves (APGD, Square, autoattack_rand's APGDs), derived from `seed` so that different
+    seeds give different searches; in [0, 2^31) (they pass it to torch.manual_seed, which takes
+    any int, but keep it in the portable range)."""
+    return derive_seed(seed, "torchattacks-inner") % (2**31)
+
+
 def build_attack(model: nn.Module, settings: AttackSettings, eps: float, seed: int):
     """A torchattacks attack object on `model` with budget `eps` (input units, ≥ 0)."""
     import torchattacks
 
     alpha = step_size(settings, eps)
     name = settings.attack
-    # APGD and Square reseed torch's global RNG from their own `seed` argument; give them one
-    # derived from ours so different seeds give different searches. 31 bits: they pass it to
-    # torch.manual_seed, which accepts any int, but keep it in the portable range.
-    inner_seed = derive_seed(seed, "torchattacks-inner") % (2**31)
+    inner_seed = torchattacks_seed(seed)
     if name == "fgsm":
         return torchattacks.FGSM(model, eps=eps)
     if name == "ffgsm":
@@ -140,6 +190,15 @@ def build_attack(model: nn.Module, settings: AttackSettings, eps: float, seed: i
         return torchattacks.Square(
             model, norm="Linf", eps=eps, n_queries=settings.steps, seed=inner_seed
         )
+    if name == "autoattack_rand":
+        # torchattacks.AutoAttack(version='rand')'s two attacks with the same shared seed and one
+        # restart, built here so that steps and eot_iter can be set (its constructor fixes 10, 20).
+        common = dict(norm="Linf", eps=eps, steps=settings.steps, n_restarts=1, seed=inner_seed,
+                      eot_iter=settings.eot_iter)
+        return torchattacks.MultiAttack([
+            torchattacks.APGD(model, loss="ce", **common),
+            torchattacks.APGD(model, loss="dlr", **common),
+        ])
     raise AssertionError(f"unhandled attack {name!r}")  # the Literal makes this unreachable
 
 
@@ -159,21 +218,131 @@ def craft_adversarial(
     seed derived from (seed, batch index), so the result does not depend on the global RNG.
     Inputs with fewer than 4 dimensions are viewed as (N, 1, 1, F) for the attack (some
     torchattacks attacks normalise over dims 1–3) and returned in their own shape.
+    Gradients come from this one model; for a stochastic model use `craft_adversarial_eot`.
     """
+    return _craft(model, [model], x, y, settings, eps, seed, batch_size)
+
+
+def craft_adversarial_eot(
+    models: Sequence[nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: AttackSettings,
+    eps: float,
+    seed: int,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """Adversarial x' against K = len(models) draws of a stochastic model at once (EOT).
+
+    The attack runs on `DrawCycle(models)`: forward call n uses draw n mod K, restarting at draw 0
+    for every batch, so each EOTPGD / APGD / autoattack_rand step with `settings.eot_iter` = K
+    averages one loss gradient per draw. Attacks without an EOT loop (pgd, fgsm, ...) take a
+    different draw at every call; the caller should use them only with K = 1, where the cycle is
+    the one model and x' equals `craft_adversarial(models[0], ...)` bit for bit (same seed).
+    Same contract as `craft_adversarial` (x' ∈ [0, 1], within eps, seeded per batch); every model's
+    train/eval mode is restored afterwards.
+    """
+    models = list(models)
+    if not models:
+        raise ParameterError("craft_adversarial_eot needs at least one model draw, got none")
+    cycle = models[0] if len(models) == 1 else DrawCycle(models)
+    return _craft(cycle, models, x, y, settings, eps, seed, batch_size)
+
+
+def _craft(
+    target: nn.Module,
+    members: list[nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: AttackSettings,
+    eps: float,
+    seed: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """The batching shared by craft_adversarial and craft_adversarial_eot (see those)."""
     if eps < 0:
         raise ValueError(f"eps must be ≥ 0, got {eps}")
     if eps == 0 or x.shape[0] == 0:
         return x.clone()
     shape = x.shape
     x4 = x.reshape(shape[0], 1, 1, -1) if x.dim() < 4 else x
-    target = _InputShaped(model, shape[1:]) if x.dim() < 4 else model
+    if settings.attack == "autoattack_rand":
+        _check_class_count(members[0], x[:1], seed)
+    # torchattacks runs the model in eval mode and afterwards calls `train()` on it if it found it
+    # in train mode, which spreads that flag over submodules that had their own (an analog chip
+    # in eval mode inside a wrapper in train mode). The `finally` puts back every submodule's own
+    # flag instead. A DrawCycle is put in eval mode for the attack.
+    modes = [(m, m.training) for member in members for m in member.modules()]
+    if isinstance(target, DrawCycle):
+        target.eval()
+    target = _InputShaped(target, shape[1:]) if x.dim() < 4 else target
     out = torch.empty_like(x4)
-    for b, start in enumerate(range(0, x4.shape[0], batch_size)):
-        stop = min(start + batch_size, x4.shape[0])
-        with torch_global_seed(derive_seed(seed, "attack-batch", b)):
-            attack = build_attack(target, settings, eps, derive_seed(seed, "attack-batch", b))
-            out[start:stop] = attack(x4[start:stop].detach(), y[start:stop].detach()).detach()
+    try:
+        for b, start in enumerate(range(0, x4.shape[0], batch_size)):
+            stop = min(start + batch_size, x4.shape[0])
+            if isinstance(target, (DrawCycle, _InputShaped)):
+                _restart_cycle(target)
+            with torch_global_seed(derive_seed(seed, "attack-batch", b)):
+                attack = build_attack(target, settings, eps, derive_seed(seed, "attack-batch", b))
+                out[start:stop] = attack(x4[start:stop].detach(), y[start:stop].detach()).detach()
+    finally:
+        for m, mode in modes:
+            m.training = mode
     return out.reshape(shape)
+
+
+class DrawCycle(nn.Module):
+    """K draws of a stochastic model presented as one module: forward call n runs draw n mod K.
+
+    Any K consecutive calls therefore run each draw exactly once, so an attack averaging
+    `eot_iter` = K gradients per step (EOTPGD, APGD) averages over the K draws. `served` lists the
+    index of the draw each call ran (for checks); `restart()` sends the next call to draw 0.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.draws = nn.ModuleList(models)
+        self.served: list[int] = []
+        self._next = 0
+
+    def restart(self) -> None:
+        self._next = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self._next
+        self._next = (k + 1) % len(self.draws)
+        self.served.append(k)
+        return self.draws[k](x)
+
+
+def _restart_cycle(module: nn.Module) -> None:
+    inner = module.model if isinstance(module, _InputShaped) else module
+    if isinstance(inner, DrawCycle):
+        inner.restart()
+
+
+def _check_class_count(model: nn.Module, x1: torch.Tensor, seed: int) -> None:
+    """Raise a one-line ParameterError when `model` has fewer outputs than autoattack_rand needs.
+
+    One forward pass of one example, in eval mode, under its own derived seed (so a stochastic
+    model's draws for the attack itself are not shifted); the caller restores the model's mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch_global_seed(derive_seed(seed, "class-count")):
+            width = int(model(x1).shape[-1])
+    finally:
+        model.train(was_training)
+    if width < AUTOATTACK_MIN_CLASSES:
+        raise ParameterError(autoattack_class_problem(width))
+
+
+def autoattack_class_problem(n_classes: int) -> str:
+    """Why autoattack_rand cannot attack an n_classes-way classifier (one line)."""
+    return (f"autoattack_rand runs APGD-DLR, whose loss compares the three largest logits: it needs "
+            f"≥ {AUTOATTACK_MIN_CLASSES} classes, but the model has {n_classes}; use attack: apgd or "
+            "eotpgd (cross-entropy, with EOT) instead")
 
 
 class _InputShaped(nn.Module):
@@ -186,6 +355,44 @@ class _InputShaped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.reshape(x.shape[0], *self.shape))
+
+
+def class_count(data_config, inline=None) -> int | None:
+    """Number of classes of the scenario's data (config time, cheap), or None when unknown.
+
+    10 for digits, mnist, fashion_mnist and cifar10; for npz, 1 + the largest label of y_train
+    (as swap_hw.data counts them); for in-memory data (`inline`, a DataSplits) its n_classes.
+    None when an npz file is missing or unreadable (the data loader reports that).
+    """
+    if inline is not None:
+        return int(inline.n_classes)
+    name = getattr(data_config, "name", None)
+    if name in ("digits", "mnist", "fashion_mnist", "cifar10"):
+        return 10
+    if name != "npz" or not data_config.path:
+        return None
+    import numpy as np
+    from pathlib import Path
+
+    path = Path(data_config.path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as archive:
+            labels = archive["y_train"]
+            return int(np.max(labels)) + 1 if labels.size and np.issubdtype(labels.dtype, np.number) else None
+    except Exception:  # noqa: BLE001 - not a readable npz or labels: the data loader says so
+        return None
+
+
+def attack_class_problem(settings: AttackSettings, data_config, inline=None) -> str | None:
+    """Why `settings.attack` cannot run on the scenario's data for its class count, or None."""
+    if settings.attack != "autoattack_rand":
+        return None
+    n = class_count(data_config, inline)
+    if n is not None and n < AUTOATTACK_MIN_CLASSES:
+        return autoattack_class_problem(n).replace("the model has", "the data have")
+    return None
 
 
 def input_range_problem(data_config, inline=None) -> str | None:

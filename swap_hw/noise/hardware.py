@@ -17,14 +17,44 @@ conductances G (µS) scaled so that the tile's largest |w| sits at `g_max`, then
    G(t) = G_prog·((t + t0)/t0)^(−ν) (t0 = 20 s) plus 1/f read noise accumulated up to t (fresh
    draw per call, scaled by `read_noise_scale`). Every call drifts from the *programmed* state,
    so one programming draw can be drifted to increasing times without reprogramming.
-3. global drift compensation (`drift_compensation`, default on): after programming each tile
-   reads out the mean |output| for unit inputs (baseline); after drift it reads them out again
-   and multiplies every later output by the scalar α = baseline / current (≈ 1 at t ≈ 0, ≈ 2 for
-   PCM after a year). Without compensation α = 1.
+3. drift compensation (`compensation`, aihwkit.inference.compensation.drift): after programming
+   each tile reads out its outputs for the unit inputs e_1 … e_n (baseline); after drift it
+   reads them out again and multiplies every later output by α = baseline / current:
+   - "global" (the default, = `drift_compensation: true`): one scalar α per tile from the mean
+     |output| over all columns (≈ 1 at t ≈ 0, ≈ 2 for PCM after a year);
+   - "global_exact": one scalar α per tile whose baseline is computed from the exact target
+     weights (aihwkit's GlobalDriftCompensationWithExactReference), so α also undoes the mean
+     gain error of programming, not only drift;
+   - "per_column": one α_j per output column j of the tile, each from that column's mean
+     |output| (PerColumnDriftCompensation);
+   - "none" (= `drift_compensation: false`): α = 1.
+   aihwkit 1.1.0 has no per-column variant with an exact reference; none is offered.
+   `drift_compensation` (bool) stays the field old scenarios use; `compensation` (added later)
+   refines it. `compensation: global` and `none` are rewritten to `drift_compensation: true /
+   false` alone at validation, so they describe (and key) exactly like the old settings.
 
-The effective weights the hardware computes with are W_hw = α·W_tile (per tile), where W_tile is
+The effective weights the hardware computes with are W_hw = diag(α)·W_tile per tile (α a scalar
+except per_column, where it scales row j of the tile's weight block, i.e. output j), W_tile being
 `get_weights()` of the tile after programming and drift (digital mapping scales applied).
 `AnalogModel.digital_copy()` is a plain torch model carrying W_hw, used for per-sample gradients.
+
+Stuck-at faults (`stuck_fraction`, `stuck_at`)
+----------------------------------------------
+A fraction of the cells (one cell = one weight, i.e. its device pair) is stuck from programming
+on. Per analog layer, exactly round(stuck_fraction·N) of its N weight cells (Python's round,
+half to even) are drawn uniformly without replacement from a torch.Generator seeded by
+derive_seed(programming seed, "stuck-at", layer weight name): the same seed gives the same
+defect map under any noise model. The count is exact per layer (not per tile), so the tiles of a
+split layer hold hypergeometric shares of it. `stuck_at`: "zero" → the cell reads weight 0;
+"max" → the cell reads s·max|w| with max|w| the largest |target| on its tile (its pair at g_max /
+g_min) and s the sign of its own target weight (+1 for a zero target); "both" → of the m drawn
+cells the first ⌈m/2⌉ (in draw order) read 0 and the other ⌊m/2⌋ read ±max. Stuck cells neither
+drift nor get read noise; the wrapper that fixes them sits inside the tile's noise model and
+carries the mask with the drift parameters (like keep_pruned_zero below), so every drift of the
+same programming draw keeps the same cells stuck and α is read with them in place. Healthy cells
+evolve exactly as on the fault-free chip of the same seed. α then multiplies stuck cells too (it
+is applied to the tile's outputs). `AnalogModel.stuck_fraction()` reports the realised fraction
+over all analog cells, `stuck_cells()` the masks.
 
 Noise models (`noise_model`)
 ----------------------------
@@ -39,6 +69,13 @@ Noise models (`noise_model`)
 - "custom": `StateIndependentNoiseModel`: programming noise σ = `custom_prog_noise_us` µS
   (state-independent) × prog_noise_scale, drift ν ~ |N(custom_drift_nu_mean,
   custom_drift_nu_std²)| × drift_scale, multiplicative 1/f read noise × read_noise_scale.
+- "pcm_hermes": `HermesNoiseModel`, PCM fitted on IBM's HERMES project chip (Le Gallo et al.,
+  Nat. Electron. 2023): state-dependent programming noise, drift ν and 1/f read noise from
+  fitted branch functions; t0 = 300 s (200 s with one device). `hermes_devices` 2 (default,
+  multi-device programming, g_max ≤ 20.7 µS, default 20.7) or 1 (g_max ≤ 10.35 µS, default
+  10.35); g_min 0. Any t ≥ 0. aihwkit 1.1.0 indexes with `x[[mask]]`, which torch 2.14 still
+  reads as a mask (with a deprecation warning, silenced here); a torch that no longer does is
+  refused at validation with a one-line reason.
 
 Measured facts (aihwkit 1.1.0, trained digits MLPNet magnitude-pruned to 70 % / 90 %, 5 draws;
 `python bench/noise_costs.py --only zeros`, see docs/noise_worlds.md): a pruned weight does NOT
@@ -76,22 +113,42 @@ Randomness: aihwkit draws from torch's global RNG; every call here runs inside
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import re
-from typing import Annotated, Any, Literal, Optional
+import warnings
+from typing import Annotated, Any, Iterator, Literal, Optional
 
 import torch
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
 
-from ..registry import Params
+from ..registry import ADDED_LATER, Params
 from ..errors import ParameterError
-from ..seeding import torch_global_seed
+from ..seeding import derive_seed, torch_generator, torch_global_seed
 
-NoiseModelName = Literal["pcm", "reram_wan2022", "reram_cmo", "custom"]
+NoiseModelName = Literal["pcm", "reram_wan2022", "reram_cmo", "custom", "pcm_hermes"]
+
+# Drift compensation (aihwkit.inference.compensation.drift, 1.1.0): GlobalDriftCompensation,
+# GlobalDriftCompensationWithExactReference, PerColumnDriftCompensation, or none. aihwkit 1.1.0
+# has no per-column variant with an exact reference, so none is offered.
+CompensationName = Literal["global", "global_exact", "per_column", "none"]
+
+# Largest g_max (µS) aihwkit's HermesNoiseModel is characterised for (it asserts), per
+# devices per weight.
+HERMES_G_MAX: dict[int, float] = {2: 20.7, 1: 10.35}
 
 # Times (s) at which aihwkit's ReRamWan2022NoiseModel has fitted deviation data.
 WAN2022_TIMES: tuple[float, ...] = (1.0, 86400.0, 172800.0)
@@ -102,6 +159,7 @@ _DEFAULT_G_RANGE: dict[str, tuple[float, float]] = {
     "reram_wan2022": (0.0, 25.0),
     "reram_cmo": (9.0, 88.199997),
     "custom": (0.0, 25.0),
+    "pcm_hermes": (0.0, HERMES_G_MAX[2]),  # 10.35 µS with hermes_devices = 1 (see g_range)
 }
 
 
@@ -163,6 +221,84 @@ def _reject_torch_tile_features(data: Any) -> None:
             )
 
 
+def _field_error(key: str, message: str, value: Any) -> ValidationError:
+    """A ValidationError located at `key` (so the config layer names that field) saying `message`."""
+    return ValidationError.from_exception_data(
+        "HardwareConfig",
+        [InitErrorDetails(
+            type=PydanticCustomError("hardware_config", "{message}", {"message": message}),
+            loc=(key,),
+            input=value,
+        )],
+    )
+
+
+_BOOL = TypeAdapter(bool)
+
+
+def _canonical_compensation(data: Any) -> Any:
+    """Fold `compensation` into `drift_compensation` where the two say the same thing.
+
+    `compensation: global` is what `drift_compensation: true` always meant, and `compensation:
+    none` what `drift_compensation: false` meant; both are rewritten to the old field alone (with
+    `compensation` left at its default, None), so each physical setting has one description and
+    one cell key. `global_exact` and `per_column` are kept (they need drift_compensation true,
+    its default). A `drift_compensation` written next to a `compensation` it contradicts is an
+    error located at `compensation`.
+    """
+    if not isinstance(data, dict) or data.get("compensation") is None:
+        return data
+    mode = data["compensation"]
+    if mode not in ("global", "global_exact", "per_column", "none"):
+        return data  # the Literal field refuses it, listing what is allowed
+    written = None
+    if "drift_compensation" in data:
+        try:
+            written = _BOOL.validate_python(data["drift_compensation"])
+        except ValidationError:
+            return data  # the bool field refuses it
+    if mode == "none":
+        if written is True:
+            raise _field_error("compensation", "compensation 'none' contradicts drift_compensation: "
+                               "true; give only compensation", mode)
+        return {**data, "drift_compensation": False, "compensation": None}
+    if written is False:
+        raise _field_error("compensation", f"compensation {mode!r} contradicts drift_compensation: "
+                           "false (no compensation); give only compensation", mode)
+    if mode == "global":
+        return {**data, "compensation": None}
+    return data
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_reads_list_of_masks() -> bool:
+    """Whether this torch still reads `x[[mask]]` as `x[mask]`.
+
+    aihwkit 1.1.0's HermesNoiseModel indexes that way; torch ≥ 2.9 warns that it may later read
+    it as an integer index (which would silently compute something else).
+    """
+    x = torch.arange(6.0).reshape(2, 3)
+    mask = x > 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(torch.equal(x[[mask]], x[mask]))
+        except Exception:  # noqa: BLE001 — any failure means Hermes cannot run here
+            return False
+
+
+@contextlib.contextmanager
+def _hermes_indexing_quiet() -> Iterator[None]:
+    """Silence torch's deprecation warning for HermesNoiseModel's `x[[mask]]` indexing.
+
+    Only entered after `_torch_reads_list_of_masks()` confirmed (at validation) that this torch
+    still computes the intended mask selection, so the warning carries no information here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+        yield
+
+
 class HardwareConfig(Params):
     """The simulated analog device and periphery; see the module docstring for the physics."""
 
@@ -170,12 +306,24 @@ class HardwareConfig(Params):
     @classmethod
     def _torch_tiles_can_simulate(cls, data: Any) -> Any:
         _reject_torch_tile_features(data)
+        return _canonical_compensation(data)
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: Any) -> dict[str, Any]:
+        # Fields added later are left out while at their default, also when this config is nested
+        # (the adversarial condition's `hardware` block), where Params.described() cannot reach:
+        # existing descriptions and cell keys stay identical.
+        data = handler(self)
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            if extra.get("added_later") and name in data and getattr(self, name) == info.default:
+                del data[name]
         return data
 
     noise_model: NoiseModelName = Field(
         "pcm",
         description="device noise model: pcm (PCMLikeNoiseModel), reram_wan2022, reram_cmo, "
-        "custom (StateIndependentNoiseModel)",
+        "custom (StateIndependentNoiseModel), pcm_hermes (HermesNoiseModel, IBM HERMES chip PCM)",
     )
     prog_noise_scale: float = Field(
         1.0, ge=0.0, description="multiplier of the programming noise (0 = exact programming)"
@@ -221,6 +369,74 @@ class HardwareConfig(Params):
     tile_size: int = Field(
         512, ge=0, description="max rows and columns of one crossbar tile (larger layers are split); 0 = one tile per layer"
     )
+    compensation: Optional[CompensationName] = Field(
+        None,
+        json_schema_extra=ADDED_LATER,
+        description="drift compensation: global (one α per tile, = drift_compensation true), "
+        "global_exact (one α per tile, baseline read from the exact target weights), per_column "
+        "(one α per output column of each tile), none (= drift_compensation false); "
+        "None = follow drift_compensation",
+    )
+    hermes_devices: Literal[2, 1] = Field(
+        2,
+        json_schema_extra=ADDED_LATER,
+        description="pcm_hermes only: PCM devices per weight on the HERMES chip, 2 (multi-device "
+        "programming, g_max ≤ 20.7 µS) or 1 (g_max ≤ 10.35 µS)",
+    )
+    stuck_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        json_schema_extra=ADDED_LATER,
+        description="fraction of each analog layer's cells stuck from programming on (exactly "
+        "round(stuck_fraction·cells) per layer, seeded); 0 = no faults",
+    )
+    stuck_at: Literal["zero", "max", "both"] = Field(
+        "zero",
+        json_schema_extra=ADDED_LATER,
+        description="what a stuck cell reads: zero (weight 0), max (± the tile's largest |target|, "
+        "sign of its target, + for a zero target), both (half each)",
+    )
+
+    @field_validator("noise_model")
+    @classmethod
+    def _hermes_runs_here(cls, value: str) -> str:
+        if value == "pcm_hermes" and not _torch_reads_list_of_masks():
+            raise ValueError(
+                f"pcm_hermes cannot run under torch {torch.__version__}: aihwkit 1.1.0's "
+                "HermesNoiseModel indexes with x[[mask]], which this torch no longer reads as a mask"
+            )
+        return value
+
+    @field_validator("g_max")
+    @classmethod
+    def _hermes_characterised_g_max(cls, value: Optional[float], info: ValidationInfo) -> Optional[float]:
+        if value is not None and info.data.get("noise_model") == "pcm_hermes" and value > HERMES_G_MAX[2]:
+            raise ValueError(
+                f"pcm_hermes is characterised up to g_max {HERMES_G_MAX[2]} µS "
+                f"({HERMES_G_MAX[1]} µS with hermes_devices 1); got {value}"
+            )
+        return value
+
+    @field_validator("hermes_devices")
+    @classmethod
+    def _hermes_only(cls, value: int, info: ValidationInfo) -> int:
+        if value != 2 and "noise_model" in info.data and info.data["noise_model"] != "pcm_hermes":
+            raise ValueError("hermes_devices only applies to noise_model 'pcm_hermes'")
+        g_max = info.data.get("g_max")
+        if info.data.get("noise_model") == "pcm_hermes" and g_max is not None and g_max > HERMES_G_MAX[value]:
+            raise ValueError(
+                f"with hermes_devices {value}, pcm_hermes is characterised up to g_max "
+                f"{HERMES_G_MAX[value]} µS; got g_max {g_max}"
+            )
+        return value
+
+    @field_validator("stuck_at")
+    @classmethod
+    def _stuck_at_needs_faults(cls, value: str, info: ValidationInfo) -> str:
+        if value != "zero" and info.data.get("stuck_fraction") == 0.0:
+            raise ValueError("stuck_at applies only with stuck_fraction > 0")
+        return value
 
     @model_validator(mode="after")
     def _check_model_specific(self) -> "HardwareConfig":
@@ -247,7 +463,16 @@ class HardwareConfig(Params):
     def g_range(self) -> tuple[float, float]:
         """(g_min, g_max) in µS after applying the noise model's defaults."""
         d_min, d_max = _DEFAULT_G_RANGE[self.noise_model]
+        if self.noise_model == "pcm_hermes":
+            d_max = HERMES_G_MAX[self.hermes_devices]
         return (d_min if self.g_min is None else self.g_min, d_max if self.g_max is None else self.g_max)
+
+    @property
+    def compensation_mode(self) -> str:
+        """The drift compensation in force: "global", "global_exact", "per_column" or "none"."""
+        if not self.drift_compensation:
+            return "none"
+        return self.compensation or "global"
 
     @property
     def perfect_io(self) -> bool:
@@ -290,6 +515,17 @@ def _noise_model(config: HardwareConfig) -> Any:
             drift_scale=config.drift_scale,
         )
     converter = SinglePairConductanceConverter(g_max=g_max, g_min=g_min)
+    if config.noise_model == "pcm_hermes":
+        from aihwkit.inference.noise.hermes import HermesNoiseModel
+
+        return HermesNoiseModel(
+            g_converter=converter,
+            num_devices=config.hermes_devices,
+            g_max=g_max,
+            prog_noise_scale=config.prog_noise_scale,
+            read_noise_scale=config.read_noise_scale,
+            drift_scale=config.drift_scale,
+        )
     if config.noise_model == "pcm":
         return PCMLikeNoiseModel(
             g_converter=converter,
@@ -343,15 +579,100 @@ def _unprogrammed_zeros_class() -> type:
     return UnprogrammedZeros
 
 
+# Stuck-cell codes in the masks `program` draws (int8): healthy, stuck at weight 0, stuck at ±max.
+HEALTHY, STUCK_ZERO, STUCK_MAX = 0, 1, 2
+
+
+def stuck_cell_codes(shape: tuple[int, ...], fraction: float, stuck_at: str, seed: int) -> torch.Tensor:
+    """An int8 tensor of `shape`: exactly round(fraction·N) of its N cells stuck, the rest HEALTHY.
+
+    The stuck cells are the first round(fraction·N) entries of a uniform random permutation of
+    the N cells (so drawn uniformly without replacement) from a torch.Generator seeded by `seed`;
+    round is Python's (half to even). stuck_at "zero" → all STUCK_ZERO, "max" → all STUCK_MAX,
+    "both" → the first ⌈m/2⌉ of the m drawn cells STUCK_ZERO and the other ⌊m/2⌋ STUCK_MAX.
+    """
+    n_cells = math.prod(shape)
+    m = int(round(fraction * n_cells))
+    chosen = torch.randperm(n_cells, generator=torch_generator(seed))[:m]
+    codes = torch.zeros(n_cells, dtype=torch.int8)
+    if stuck_at == "zero":
+        codes[chosen] = STUCK_ZERO
+    elif stuck_at == "max":
+        codes[chosen] = STUCK_MAX
+    else:
+        n_zero = m - m // 2
+        codes[chosen[:n_zero]] = STUCK_ZERO
+        codes[chosen[n_zero:]] = STUCK_MAX
+    return codes.reshape(shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _stuck_cells_class() -> type:
+    """A noise-model wrapper fixing stuck cells at programming and every drift (built lazily)."""
+    from aihwkit.inference.noise.base import BaseNoiseModel
+
+    class StuckCells(BaseNoiseModel):
+        """Delegates to `base`, then overwrites this tile's stuck cells (`codes`, tile-shaped).
+
+        A STUCK_ZERO cell reads weight 0; a STUCK_MAX cell reads s·max|target of the tile| with s
+        the sign of its target weight (+1 for a zero target), i.e. one device of its pair at the
+        converter's g_max and the other at g_min. Stuck cells neither drift nor get read noise.
+        The healthy cells evolve exactly as without faults: the base model drifts its own
+        unmasked programming result (kept in the drift parameters), so the conductance scale it
+        derives from max|programmed| is the fault-free one. The overwrite happens inside the
+        noise model, before aihwkit reads the drift-compensation baseline and α.
+        """
+
+        def __init__(self, base: Any, codes: torch.Tensor):
+            super().__init__(base.g_converter)
+            self.base = base
+            self.codes = codes
+
+        def _stuck_values(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if tuple(target.shape) != tuple(self.codes.shape):
+                raise RuntimeError(f"stuck-cell mask {tuple(self.codes.shape)} does not fit tile {tuple(target.shape)}")
+            codes = self.codes.to(target.device)
+            sign = torch.where(target < 0, -1.0, 1.0).to(target.dtype)
+            values = torch.where(codes == STUCK_MAX, sign * target.abs().max(), torch.zeros_like(target))
+            return codes != HEALTHY, values
+
+        @torch.no_grad()
+        def apply_programming_noise(self, weights: torch.Tensor) -> tuple[torch.Tensor, Any]:
+            stuck, values = self._stuck_values(weights)
+            programmed, drift_params = self.base.apply_programming_noise(weights)
+            return torch.where(stuck, values, programmed), (drift_params, programmed, stuck, values)
+
+        @torch.no_grad()
+        def apply_drift_noise(self, weights: torch.Tensor, drift_noise_parameters: Any, t_inference: float) -> torch.Tensor:
+            drift_params, programmed, stuck, values = drift_noise_parameters
+            drifted = self.base.apply_drift_noise(programmed, drift_params, t_inference)
+            return torch.where(stuck, values, drifted)
+
+        def apply_noise(self, weights: torch.Tensor, t_inference: float) -> torch.Tensor:
+            stuck, values = self._stuck_values(weights)
+            return torch.where(stuck, values, self.base.apply_noise(weights, t_inference))
+
+    return StuckCells
+
+
 def build_rpu_config(config: HardwareConfig) -> Any:
     """The aihwkit `TorchInferenceRPUConfig` for `config` (pure-PyTorch tiles)."""
     from aihwkit.inference import GlobalDriftCompensation
+    from aihwkit.inference.compensation.drift import (
+        GlobalDriftCompensationWithExactReference,
+        PerColumnDriftCompensation,
+    )
     from aihwkit.simulator.configs import TorchInferenceRPUConfig
     from aihwkit.simulator.parameters.io import IOParameters
 
     rpu = TorchInferenceRPUConfig()
     rpu.noise_model = _noise_model(config)
-    rpu.drift_compensation = GlobalDriftCompensation() if config.drift_compensation else None
+    rpu.drift_compensation = {
+        "global": GlobalDriftCompensation,
+        "global_exact": GlobalDriftCompensationWithExactReference,
+        "per_column": PerColumnDriftCompensation,
+        "none": lambda: None,
+    }[config.compensation_mode]()
     if config.perfect_io:
         rpu.forward = IOParameters(is_perfect=True)
     else:
@@ -390,12 +711,21 @@ class AnalogModel:
     from the programmed state), read `effective_weights()`, evaluate with `accuracy_and_loss`.
     """
 
-    def __init__(self, digital: nn.Module, analog: nn.Module, config: HardwareConfig, seed: int):
+    def __init__(
+        self,
+        digital: nn.Module,
+        analog: nn.Module,
+        config: HardwareConfig,
+        seed: int,
+        stuck: Optional[dict[str, torch.Tensor]] = None,
+    ):
         self._digital = digital  # private deep copy of the caller's model (targets)
         self.analog = analog
         self.config = config
         self.seed = int(seed)
         self.drift_time: Optional[float] = None  # None = right after programming, not drifted
+        # layer weight name → int8 stuck-cell codes in the layer's 2-D tile coordinates
+        self._stuck = stuck or {}
 
     def drift(self, t: float, seed: int) -> "AnalogModel":
         """Drift every tile to t seconds after programming (fresh read noise), seeded; returns self."""
@@ -405,22 +735,41 @@ class AnalogModel:
             self.config.check_drift_time(float(t))
         except ValueError as exc:
             raise ParameterError(str(exc)) from None
-        with torch_global_seed(seed):
+        with torch_global_seed(seed), _hermes_indexing_quiet():
             drift_analog_weights(self.analog, float(t))
         self.drift_time = float(t)
         return self
 
+    def _tile_alpha(self, tile: nn.Module) -> Optional[torch.Tensor]:
+        """The tile's compensation factors, 1-D: one α (global) or one per output row of its
+        weight block (per_column, once drifted); None when compensation is off."""
+        if self.config.compensation_mode == "none":
+            return None
+        return tile.alpha.detach().float().reshape(-1)
+
     @torch.no_grad()
     def effective_weights(self) -> dict[str, torch.Tensor]:
-        """name → W_hw = α·W_tile (shaped like the digital parameter) of every analog layer."""
+        """name → W_hw = diag(α)·W_tile per tile (shaped like the digital parameter), every analog layer.
+
+        α is one scalar per tile (global, global_exact) or one factor per output column of the
+        tile (per_column: aihwkit scales output j of the tile, i.e. row j of its weight block).
+        """
         digital_params = dict(self._digital.named_parameters())
         out: dict[str, torch.Tensor] = {}
         for name, layer in _analog_layers(self.analog):
             pname = f"{name}.weight" if name else "weight"
             weight2d = layer.get_weights()[0].detach().clone().float()
-            if self.config.drift_compensation:
-                for rows, cols, tile in _tile_grid(layer.analog_module):
-                    weight2d[rows, cols] *= tile.alpha.detach().float().reshape(-1)[0]
+            for rows, cols, tile in _tile_grid(layer.analog_module):
+                alpha = self._tile_alpha(tile)
+                if alpha is None:
+                    continue
+                block = weight2d[rows, cols]
+                if alpha.numel() == 1:
+                    weight2d[rows, cols] = block * alpha[0]
+                elif alpha.numel() == block.shape[0]:
+                    weight2d[rows, cols] = block * alpha.view(-1, 1)
+                else:
+                    raise RuntimeError(f"{pname}: {alpha.numel()} compensation factors for a {tuple(block.shape)} tile")
             out[pname] = weight2d.reshape(digital_params[pname].shape)
         return out
 
@@ -433,14 +782,56 @@ class AnalogModel:
         }
 
     def alphas(self) -> dict[str, list[float]]:
-        """name → drift-compensation scalar α of each tile of that layer (1.0 when compensation is off)."""
+        """name → drift-compensation α of each tile of that layer (dimensionless, > 0).
+
+        global / global_exact: the tile's scalar α; per_column: the mean of the tile's per-column
+        α's (`alpha_column_range` gives their spread); 1.0 when compensation is off.
+        """
         out = {}
         for name, layer in _analog_layers(self.analog):
             vals = []
             for _, _, tile in _tile_grid(layer.analog_module):
-                vals.append(float(tile.alpha.reshape(-1)[0]) if self.config.drift_compensation else 1.0)
+                alpha = self._tile_alpha(tile)
+                vals.append(1.0 if alpha is None else float(alpha.mean()))
             out[f"{name}.weight" if name else "weight"] = vals
         return out
+
+    def alpha_column_range(self) -> dict[str, list[float]]:
+        """name → [min, max] of the compensation factors over all tiles and columns of that layer.
+
+        The spread of the per-column α's (per_column); a single value twice for one-tile layers
+        under global compensation; [1.0, 1.0] when compensation is off.
+        """
+        out = {}
+        for name, layer in _analog_layers(self.analog):
+            factors = [self._tile_alpha(tile) for _, _, tile in _tile_grid(layer.analog_module)]
+            values = torch.cat([f for f in factors if f is not None]) if any(f is not None for f in factors) else torch.ones(1)
+            out[f"{name}.weight" if name else "weight"] = [float(values.min()), float(values.max())]
+        return out
+
+    def stuck_cells(self) -> dict[str, torch.Tensor]:
+        """name → int8 codes shaped like the digital weight: HEALTHY (0), STUCK_ZERO (1), STUCK_MAX (2).
+
+        All HEALTHY when `stuck_fraction` is 0. Fixed at programming: every drift keeps them.
+        """
+        params = dict(self._digital.named_parameters())
+        out = {}
+        for name, _ in _analog_layers(self.analog):
+            pname = f"{name}.weight" if name else "weight"
+            codes = self._stuck.get(pname)
+            shape = params[pname].shape
+            out[pname] = torch.zeros(shape, dtype=torch.int8) if codes is None else codes.reshape(shape).clone()
+        return out
+
+    def stuck_fraction(self) -> float:
+        """Realised fraction (in [0, 1)) of all analog cells that are stuck: stuck cells / cells.
+
+        Each layer holds exactly round(stuck_fraction·cells) stuck cells, so this is the
+        cell-weighted mean of those per-layer counts; 0.0 without faults.
+        """
+        codes = list(self.stuck_cells().values())
+        total = sum(c.numel() for c in codes)
+        return sum(int((c != HEALTHY).sum()) for c in codes) / total if total else 0.0
 
     def digital_copy(self) -> nn.Module:
         """A plain torch model (eval mode) computing with W_hw and the digital biases."""
@@ -504,6 +895,20 @@ def program(model: nn.Module, config: HardwareConfig, seed: int) -> AnalogModel:
         wrap = _unprogrammed_zeros_class()
         for tile in analog.analog_tiles():
             tile.rpu_config.noise_model = wrap(tile.rpu_config.noise_model)
-    with torch_global_seed(seed):
+    stuck: dict[str, torch.Tensor] = {}
+    if config.stuck_fraction > 0:
+        # Outermost wrapper: a stuck device is stuck whether or not its cell is programmed. The
+        # cells are drawn per layer from their own generator (not the global RNG the noise draws
+        # use), so a seed picks the same defect map under every noise model and noise scale.
+        stuck_wrap = _stuck_cells_class()
+        for name, layer in _analog_layers(analog):
+            pname = f"{name}.weight" if name else "weight"
+            shape = tuple(layer.get_weights()[0].shape)  # 2-D: (outputs, inputs·kernel)
+            codes = stuck_cell_codes(shape, config.stuck_fraction, config.stuck_at,
+                                     derive_seed(seed, "stuck-at", pname))
+            for rows, cols, tile in _tile_grid(layer.analog_module):
+                tile.rpu_config.noise_model = stuck_wrap(tile.rpu_config.noise_model, codes[rows, cols].clone())
+            stuck[pname] = codes
+    with torch_global_seed(seed), _hermes_indexing_quiet():
         program_analog_weights(analog, None)
-    return AnalogModel(digital, analog, config, seed)
+    return AnalogModel(digital, analog, config, seed, stuck)

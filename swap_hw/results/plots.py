@@ -11,6 +11,9 @@ Title text chunk):
 - ``<metric>_vs_drift__<condition>.png``: for conditions whose measurements carry drift times
   (seconds after programming, log axis): one panel per (source, pruner); one line per sparsity,
   CI bands, the dense model dashed.
+- ``<metric>_vs_tiles__<condition>.png``: for analog conditions with hardware accounting
+  (deploy/accounting.py): one panel per (source, drift time); x = crossbar tiles freed, y = metric;
+  one line per pruner through its sparsities, 95% CI bars on both axes; the dense model a square.
 
 ``<condition>`` is the condition's short label as in the report's headers (report.short_labels:
 member name, superscript-numbered when two conditions share it, plus grid tags), slugged
@@ -208,6 +211,44 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=7, loc="best")
         path = out / f"{slug(metric)}_vs_drift__{stems[cond]}.png"
+        _save(fig, path, head)
+        paths.append(path)
+    freed = replicate_means(records, "tiles_freed")  # the analog conditions' hardware accounting
+    for cond in conditions:
+        if not any((cond, None) in cols for cols in freed.values()):
+            continue
+        drifts = sorted({col[1] for cols in means.values() for col in cols if col[0] == cond},
+                        key=lambda d: -1 if d is None else d)
+        head = heading(cond, f"{metric} vs crossbar tiles freed")
+        fig, axes = _grid(max(len(sources), 1), len(drifts), head)
+        for i, source in enumerate(sources or ["-"]):
+            for j, drift in enumerate(drifts):
+                ax, col = axes[i][j], (cond, drift)
+                for p, pruner in enumerate(pruners + [DENSE]):
+                    pts = []
+                    for row in pruned_rows + dense_rows:
+                        if row[1] != pruner or (row[0] != source and pruner != DENSE) or col not in means[row] \
+                                or (cond, None) not in freed.get(row, {}):
+                            continue
+                        x = _stat(freed[row][(cond, None)], 1.0)
+                        pts.append((x[0], x[1], *_stat(means[row][col], scale)))
+                    pts.sort()
+                    if not pts:
+                        continue
+                    color = "0.3" if pruner == DENSE else colors[p]
+                    ax.errorbar([q[0] for q in pts], [q[2] for q in pts], xerr=[q[1] for q in pts],
+                                yerr=[q[3] for q in pts], fmt="o-" if pruner != DENSE else "s", color=color,
+                                markersize=4, capsize=2, linewidth=1, label=pruner)
+                panel = [] if len(sources) <= 1 else [source]
+                if drift is not None:
+                    panel.append(f"drift {format_drift(drift)}")
+                ax.set_title(", ".join(panel), fontsize=9)
+                ax.set_xlabel("crossbar tiles freed (all-zero, not programmed)")
+                if j == 0:
+                    ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8, loc="best")
+        path = out / f"{slug(metric)}_vs_tiles__{stems[cond]}.png"
         _save(fig, path, head)
         paths.append(path)
     return paths

@@ -392,13 +392,33 @@ def summary_as_dict(summary: Summary) -> list[dict[str, Any]]:
     return out
 
 
-def layer_rows(cell_logs: list[dict]) -> list[dict[str, Any]]:
-    """Per-layer rows (name, size, sparsity, PQI before → after) averaged over replicates.
+TILE_METRICS = ("tiles", "tiles_freed", "row_reads", "column_reads")
+
+
+def layer_tiles(records: Iterable[dict]) -> dict[tuple, dict[str, dict[str, float]]]:
+    """(source, pruner, sparsity label, layer) → condition → tile metric → mean over replicates, from
+    the per-layer accounting measurements (`layer_<metric>`, text tag `layer`; deploy/accounting.py)."""
+    acc: dict[tuple, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        metric = r["metric"]
+        if not metric.startswith("layer_") or metric[6:] not in TILE_METRICS or r.get("tag_layer") is None:
+            continue
+        key = (r["source"], r["pruner"], r["sparsity_label"], r["tag_layer"])
+        acc[key][r["condition"]][metric[6:]].append(r["value"])
+    return {key: {cond: {m: sum(v) / len(v) for m, v in metrics.items()} for cond, metrics in conds.items()}
+            for key, conds in acc.items()}
+
+
+def layer_rows(cell_logs: list[dict], records: Iterable[dict] = ()) -> list[dict[str, Any]]:
+    """Per-layer rows (name, size, sparsity, PQI before → after) averaged over replicates, and with
+    `records` holding hardware accounting, each analog condition's tiles, tiles freed and line reads
+    per inference for that layer (row["tiles"]: condition → metric → mean).
 
     One block per (source, pruner, sparsity); PQI is I_{0.5,1} over the surviving weights (see
     swap_hw/pqi.py). The same pruned model is shared by all conditions of a cell group, so each
     (replicate, pruner, sparsity, source) is counted once.
     """
+    tiles = layer_tiles(records)
     seen: set[tuple] = set()
     acc: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     sizes: dict[tuple, int] = {}
@@ -422,7 +442,7 @@ def layer_rows(cell_logs: list[dict]) -> list[dict[str, Any]]:
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         rows.append({"source": key[0], "pruner": key[1], "sparsity": key[2], "layer": key[3], "size": sizes[key],
                      "layer_sparsity": mean(vals["sparsity"]), "pqi_before": mean(vals["pqi_before"]),
-                     "pqi_after": mean(vals["pqi_after"])})
+                     "pqi_after": mean(vals["pqi_after"]), "tiles": tiles.get(key, {})})
     return rows
 
 
@@ -432,10 +452,16 @@ def render_layers(rows: list[dict[str, Any]], title: str = "", console=None) -> 
 
     console = console or make_console()
     table = Table(title=title or None,
-                  caption="PQI = I(0.5,1) over surviving weights, mean over replicates; larger = sparser/more compressible")
+                  caption="PQI = I(0.5,1) over surviving weights, mean over replicates; larger = sparser/more compressible"
+                  + ("; tiles = crossbar tiles programmed (all-zero tiles freed), reads = input / output lines per "
+                     "inference with a non-zero weight (swap_hw/deploy/accounting.py)" if any(r.get("tiles") for r in rows) else ""))
+    conditions = sorted({c for r in rows for c in r.get("tiles", {})})
     for col, justify in (("source", "left"), ("pruner", "left"), ("sparsity", "right"), ("layer", "left"),
                          ("size", "right"), ("layer sparsity", "right"), ("PQI before → after", "right")):
         table.add_column(col, justify=justify)
+    for cond in conditions:  # the hardware accounting of each analog condition (deploy/accounting.py)
+        table.add_column(f"{cond}: tiles (freed)", justify="right")
+        table.add_column(f"{cond}: row / column reads", justify="right")
     previous = None
     for r in rows:
         block = (r["source"], r["pruner"], r["sparsity"])
@@ -444,6 +470,11 @@ def render_layers(rows: list[dict[str, Any]], title: str = "", console=None) -> 
         previous = block
         before = "–" if r["pqi_before"] is None else f"{r['pqi_before']:.3f}"
         after = "–" if r["pqi_after"] is None else f"{r['pqi_after']:.3f}"
+        hardware = []
+        for cond in conditions:
+            t = r.get("tiles", {}).get(cond)
+            hardware += (["–", "–"] if t is None else
+                         [f"{t['tiles']:g} ({t['tiles_freed']:g})", f"{t['row_reads']:,.0f} / {t['column_reads']:,.0f}"])
         table.add_row(r["source"], r["pruner"], r["sparsity"], r["layer"], str(r["size"]),
-                      f"{100 * r['layer_sparsity']:.1f}%", f"{before} → {after}")
+                      f"{100 * r['layer_sparsity']:.1f}%", f"{before} → {after}", *hardware)
     console.print(table)

@@ -48,12 +48,15 @@ def train_model(
     masks: Mapping[str, torch.Tensor] | None = None,
     optimizer: str = "adam",
     momentum: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> nn.Module:
     """Train in place on cross-entropy with Adam (default) or SGD (`optimizer="sgd"`, with
     `momentum`); with `masks`, pruned weights stay exactly zero.
 
     Masks are enforced after every optimiser step (Adam's moment estimates, or SGD's momentum,
     would otherwise revive a zeroed weight), so the model leaves this function with its sparsity intact.
+    `after_step`, when given, is called after every optimiser step and before the masks are
+    enforced (hardware-aware training clips the analog tiles' weights there; noise/hwa.py).
     """
     gen = torch_generator(seed)
     if optimizer == "sgd":
@@ -74,6 +77,8 @@ def train_model(
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step()
             if masks is not None:
                 enforce_masks(model, masks)
     model.eval()

@@ -80,6 +80,11 @@ class PruningProtocol(Component):
         result.log.setdefault("protocol", self.name)
         return model, result
 
+    def reference(self, job: PruneJob) -> nn.Module:
+        """The dense model this protocol's pruned models are compared with (the `dense` row): the
+        dense model itself unless a member fine-tunes it the way it fine-tunes the pruned ones."""
+        return job.model
+
     def _schedule(self, pruner: Pruner, job: PruneJob, weights: Mapping[str, torch.Tensor],
                   target: float) -> tuple[nn.Module, PruneResult]:
         raise NotImplementedError

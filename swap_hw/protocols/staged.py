@@ -22,7 +22,9 @@ each stage t of multi_stage and gradual
      kept a zeroed weight on its support loses it; counted as `revived` in the stage log);
   4. writes the surviving weights into the model and (gradual only) fine-tunes E epochs with the
      mask enforced after every optimiser step (`models.train_model(masks=...)`): pruned weights
-     stay exactly 0.
+     stay exactly 0. With the gradual protocol's `hwa` settings every one of these fine-tunings is
+     hardware-aware (`noise.hwa.hwa_train_model`: aihwkit weight-noise injection, same optimiser,
+     batches and seeds, masks enforced the same way).
 
 The stage's sparsity is reached exactly unless a pruner revives weights (then it ends higher, and
 the log says by how much). Fine-tuning trains every parameter of the model (biases, BatchNorm
@@ -31,6 +33,11 @@ the pruned tensors. Seeds: stage t ≥ 2 collects with derive_seed(seed, "gradua
 1 uses `seed`, the one-shot seed) and fine-tunes with derive_seed(seed, "gradual-finetune", t); the
 names are the gradual protocol's, which came first, and multi_stage shares them, so both protocols
 draw the same gradient noise at the same stage.
+
+The dense reference of a gradual run (`finetune_dense`) is the dense model put through the same
+fine-tuning calls — T calls of E epochs, seeds derive_seed(seed, "gradual-finetune", t), no mask —
+so it differs from a pruned model only by the pruning: it equals the `magnitude` pruner at sparsity
+0 under the same protocol and seed (each stage then keeps every weight).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from ..gradients import GradientSet, GradientSource
 from ..gradients.matrix_free import mask_gradient_columns
 from ..layout import Layout
 from ..models import enforce_masks, train_model
+from ..noise.hwa import HWAConfig, hwa_train_model
 from ..pruners.base import PruneResult, Pruner, result_pqi_log
 from ..pruners.schedule import check_sparsity, cubic_schedule
 from ..registry import ADDED_LATER, Params
@@ -84,13 +92,68 @@ def stage_options(params: StagedParams, job) -> dict[str, Any]:
 
 class FinetuneSettings(Protocol):
     """What the gradual protocol reads from its settings (`optimizer` and `momentum` are optional:
-    Adam without them)."""
+    Adam without them; `hwa` is optional: digital fine-tuning without it)."""
 
     stages: int
     epochs: int
     lr: float
     batch_size: int
     weight_decay: float
+
+
+def finetuner_of(finetune: FinetuneSettings) -> HWAConfig | None:
+    """The HWA settings of `finetune`, or None for digital fine-tuning."""
+    return getattr(finetune, "hwa", None)
+
+
+def finetune_log(finetune: FinetuneSettings) -> dict[str, Any]:
+    """What the protocol's log says about its fine-tuning: the settings and which fine-tuner ran
+    ("digital", or "hwa" with its settings under "hwa")."""
+    hwa = finetuner_of(finetune)
+    out = {k: getattr(finetune, k) for k in ("stages", "epochs", "lr", "batch_size", "weight_decay")}
+    out["optimizer"] = getattr(finetune, "optimizer", "adam")
+    out["momentum"] = float(getattr(finetune, "momentum", 0.0))
+    out["finetuner"] = "digital" if hwa is None else "hwa"
+    if hwa is not None:
+        out["hwa"] = hwa.model_dump(mode="json")
+    return out
+
+
+def finetune_stage(model: nn.Module, finetune: FinetuneSettings, train_split: tuple[torch.Tensor, torch.Tensor],
+                   seed: int, masks: Mapping[str, torch.Tensor] | None) -> None:
+    """Fine-tune `model` in place for `finetune.epochs` epochs on `train_split` (digital, or
+    hardware-aware when `finetune.hwa` is set), `masks` held at zero after every step, seeded."""
+    if int(finetune.epochs) <= 0:
+        return
+    options = dict(epochs=int(finetune.epochs), lr=float(finetune.lr), batch_size=int(finetune.batch_size),
+                   weight_decay=float(finetune.weight_decay), seed=int(seed), masks=masks,
+                   optimizer=getattr(finetune, "optimizer", "adam"), momentum=float(getattr(finetune, "momentum", 0.0)))
+    hwa = finetuner_of(finetune)
+    if hwa is None:
+        train_model(model, *train_split, **options)
+        return
+    tuned = hwa_train_model(model, *train_split, config=hwa, **options)
+    with torch.no_grad():  # back into the caller's model, keeping its parameters' requires_grad
+        model.load_state_dict(tuned.state_dict())
+
+
+def finetune_dense(model: nn.Module, finetune: FinetuneSettings, train_split: tuple[torch.Tensor, torch.Tensor],
+                   seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The dense reference of a gradual run: a copy of `model` fine-tuned as every pruned model of
+    the run is, without pruning — `finetune.stages` calls of `finetune.epochs` epochs each (the
+    same total), stage t seeded with derive_seed(seed, "gradual-finetune", t), no mask. Equal to
+    the `magnitude` pruner at sparsity 0 under the same settings and seed. Returns (model in eval
+    mode, log) with log = {"finetune": finetune_log(...), "seconds": wall-clock seconds}."""
+    start = time.perf_counter()
+    work = copy.deepcopy(model)
+    for p in work.parameters():
+        p.requires_grad_(True)
+    for t in range(1, int(finetune.stages) + 1):
+        finetune_stage(work, finetune, train_split, derive_seed(seed, "gradual-finetune", t), None)
+    for p in work.parameters():
+        p.requires_grad_(False)
+    work.eval()
+    return work, {"finetune": finetune_log(finetune), "seconds": time.perf_counter() - start}
 
 
 def _stage_summary(log: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,7 +211,8 @@ def prune_staged(
 
     The result's masks are the final masks, its weights the final pruned (fine-tuned) tensors, its
     log the usual per-layer sparsity / PQI (dense reference → final weights) plus
-    log[protocol] = {"schedule", "stages": [per-stage entries], "finetune": {...} (gradual only)}.
+    log[protocol] = {"schedule", "stages": [per-stage entries], "finetune": {...} (gradual only: the
+    settings and which fine-tuner ran, `finetune_log`)}.
     """
     protocol = "multi_stage" if finetune is None else "gradual"
     if finetune is not None and train_split is None:
@@ -215,12 +279,7 @@ def prune_staged(
 
         if finetune is not None:
             t0 = time.perf_counter()
-            if int(finetune.epochs) > 0:
-                train_model(work, *train_split, epochs=int(finetune.epochs), lr=float(finetune.lr),
-                            batch_size=int(finetune.batch_size), weight_decay=float(finetune.weight_decay),
-                            seed=derive_seed(seed, "gradual-finetune", t), masks=masks,
-                            optimizer=getattr(finetune, "optimizer", "adam"),
-                            momentum=float(getattr(finetune, "momentum", 0.0)))
+            finetune_stage(work, finetune, train_split, derive_seed(seed, "gradual-finetune", t), masks)
             entry["finetune_seconds"] = time.perf_counter() - t0
         work.eval()
         stage_logs.append(entry)
@@ -243,8 +302,7 @@ def prune_staged(
         **result_pqi_log(layout, w_dense, w_final, keep, masks),
         protocol: {
             "schedule": schedule,
-            **({"finetune": {k: getattr(finetune, k) for k in ("stages", "epochs", "lr", "batch_size", "weight_decay")}}
-               if finetune is not None else {}),
+            **({"finetune": finetune_log(finetune)} if finetune is not None else {}),
             "stages": stage_logs,
         },
         "final_stage": _stage_summary(last_log),

@@ -451,17 +451,19 @@ def render_layers(rows: list[dict[str, Any]], title: str = "", console=None) -> 
     from rich.table import Table
 
     console = console or make_console()
+    conditions = sorted({c for r in rows for c in r.get("tiles", {})})
+    short = short_labels(conditions)
     table = Table(title=title or None,
                   caption="PQI = I(0.5,1) over surviving weights, mean over replicates; larger = sparser/more compressible"
                   + ("; tiles = crossbar tiles programmed (all-zero tiles freed), reads = input / output lines per "
-                     "inference with a non-zero weight (swap_hw/deploy/accounting.py)" if any(r.get("tiles") for r in rows) else ""))
-    conditions = sorted({c for r in rows for c in r.get("tiles", {})})
+                     "inference with a non-zero weight (swap_hw/deploy/accounting.py)" if any(r.get("tiles") for r in rows) else "")
+                  + "".join(f"\n{short_name} = {full}" for full, short_name in short.items() if short_name != full))
     for col, justify in (("source", "left"), ("pruner", "left"), ("sparsity", "right"), ("layer", "left"),
                          ("size", "right"), ("layer sparsity", "right"), ("PQI before → after", "right")):
         table.add_column(col, justify=justify)
     for cond in conditions:  # the hardware accounting of each analog condition (deploy/accounting.py)
-        table.add_column(f"{cond}: tiles (freed)", justify="right")
-        table.add_column(f"{cond}: row / column reads", justify="right")
+        table.add_column(f"{short[cond]}: tiles (freed)", justify="right")
+        table.add_column(f"{short[cond]}: row / column reads", justify="right")
     previous = None
     for r in rows:
         block = (r["source"], r["pruner"], r["sparsity"])

@@ -14,13 +14,15 @@ scenarios do) it prints three tables, so users can plan sweeps:
 3. zero retention: the model magnitude-pruned (global) to 70 % and 90 %, programmed `--draws`
    times per noise model with and without `keep_pruned_zero`; the fraction of pruned weights
    still exactly 0 on the chip right after programming and after one day of drift, and the chip's
-   test accuracy after one day (mean over draws).
+   test accuracy after one day (mean over draws);
+4. fine-tuning (`--only hwa`): hardware-aware fine-tuning per epoch against digital fine-tuning
+   on the 80 %-pruned model (bench/hwa_cost.py's `hwa_vs_digital`; target ≤ 3×).
 
 Timings are medians of `--repeats` warm runs, after one untimed warm-up (which pays aihwkit's and
 torchattacks' imports). The test split (359 images) is tiled to 1000 examples so condition costs are
 measured at that size, not extrapolated.
 
-    python bench/noise_costs.py [--repeats 7] [--draws 5] [--threads 1] [--only sources,conditions,zeros]
+    python bench/noise_costs.py [--repeats 7] [--draws 5] [--threads 1] [--only sources,conditions,zeros,hwa]
 
 One thread by default: on a shared machine OpenMP threads spin-wait and small kernels get slower.
 """
@@ -29,11 +31,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: import this swap_hw
 
 PER = 1000  # costs are reported per this many samples
 
@@ -181,7 +187,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement (median)")
     parser.add_argument("--draws", type=int, default=5, help="programming draws per zero-retention cell")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default="sources,conditions,zeros", help="comma-separated tables to print")
+    parser.add_argument("--only", default="sources,conditions,zeros,hwa", help="comma-separated tables to print")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wanted = set(args.only.split(","))
@@ -200,6 +206,12 @@ def main() -> None:
         condition_table(model, splits, args.repeats)
     if "zeros" in wanted:
         zero_table(model, splits, args.draws)
+    if "hwa" in wanted:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from hwa_cost import hwa_vs_digital
+
+        print("\n== fine-tuning per epoch: HWA (aihwkit torch tiles) vs digital, 80 % pruned (target ≤ 3×) ==")
+        hwa_vs_digital(repeats=max(1, min(args.repeats, 3)))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ def read_idx_gz(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+# docs/results.md: the tables above this line are written by this script, the text below it by hand
+GENERATED_END = "<!-- end of the tables written by bench/replicate_mnist.py; hand-written sections follow -->\n"
+
+
 def make_npz(mnist_dir: Path, out: Path) -> Path:
     if out.is_file():
         return out
@@ -189,7 +193,12 @@ def main() -> None:
                 f"Dense MLPNet: {100 * dense[0]:.2f} %." if dense else "", ""]
         for src in sorted({r[0] for r in summary.rows if r[1] != "dense"}, key=lambda s: (s != "clean", s)):
             doc += [f"### Gradient source: {src}", "", *table_md(summary, src), ""]
-    Path(args.out).write_text("\n".join(doc) + "\n")
+    # the hand-written sections after the marker (other benchmarks' findings) are kept as they are
+    out = Path(args.out)
+    tail = ""
+    if out.is_file() and GENERATED_END in out.read_text():
+        tail = out.read_text().split(GENERATED_END, 1)[1]
+    out.write_text("\n".join(doc) + "\n" + GENERATED_END + (tail or "\n"))
     print(f"wrote {args.out}")
 
 

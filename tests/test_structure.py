@@ -192,7 +192,26 @@ def test_default_structure_leaves_descriptions_unchanged():
         assert PRUNERS.get(name)(structure="channel").describe()["structure"] == "channel"
 
 
-def test_pruners_without_structure_refuse_it_in_one_line():
-    with pytest.raises(ConfigError, match="structure"):
-        parse_scenario_text(SCENARIO.format(structure="channel", sparsities="0.5").replace(
-            "name: magnitude", "name: sap"), "s.yaml")
+
+
+@pytest.mark.parametrize("pruner", ["sap", "lottery"])
+def test_iterative_pruners_remove_whole_units(pruner, digits_model):
+    from swap_hw.layout import Layout
+    from swap_hw.pruners import TrainingContext
+    from swap_hw.models import build_model
+
+    model, splits = digits_model
+    layout = Layout.from_model(model)
+    init = build_model("mlpnet", splits.input_shape, splits.n_classes, 0).state_dict()
+    ctx = TrainingContext(model=model, initial_state=init, x_train=splits.x_train[:300],
+                          y_train=splits.y_train[:300], epochs=1, seed=0, train_accuracy=False)
+    params = {"iterations": 3, "structure": "tile:16", "epochs": 1}
+    result = PRUNERS.get(pruner)(**params).prune(layout.weights_of(model), None, 0.5, training=ctx)
+    for name, mask in result.masks.items():
+        m = mask.reshape(mask.shape[0], -1)
+        _assert_units_whole(m, _edges(split_sizes(m.shape[0], 16)), _edges(split_sizes(m.shape[1], 16)))
+        assert bool(m.any()), "a layer lost every unit"
+    assert result.log["structure"]["kept_units"] < result.log["structure"]["units"]
+    with pytest.raises(ConfigError, match="not N:M"):
+        parse_scenario_text(SCENARIO.format(structure="2:4", sparsities="0.5").replace(
+            "name: magnitude", f"name: {pruner}"), "s.yaml")

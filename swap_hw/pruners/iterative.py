@@ -32,7 +32,7 @@ import time
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import ParameterError
@@ -40,16 +40,17 @@ from ..gradients.gradient_set import GradientSet
 from ..layout import Layout
 from ..models import accuracy_and_loss, enforce_masks, train_model
 from ..pqi import DEFAULT_P, DEFAULT_Q, pq_index_groups
-from ..registry import Params
 from ..seeding import derive_seed
 from .base import PruneResult, Pruner, TrainingContext, result_pqi_log
 from .selection import cut_counts, kept_count, prune_smallest, scope_groups
+from .structure import StructureParams, realised, remove_smallest_units
 
 Scope = Literal["global", "layer", "neuron"]
 
 
-class IterativeParams(Params):
-    """Parameters every iterative pruner shares."""
+class IterativeParams(StructureParams):
+    """Parameters every iterative pruner shares (`structure`: the unit structures channel, block:RxC,
+    tile:T remove whole units of smallest Σw² per prune step; N:M is not offered here)."""
 
     iterations: int = Field(
         20,
@@ -66,6 +67,17 @@ class IterativeParams(Params):
         description="where the prune count is decided and the smallest weights are compared: "
         "global (all prunable weights), layer (each weight tensor), neuron (each output row/filter)",
     )
+
+
+    @model_validator(mode="after")
+    def _unit_structures_only(self) -> "IterativeParams":
+        kind = self.structure.split(":")[0] if not self.structure[0].isdigit() else "n:m"
+        if kind == "n:m":
+            raise ValueError(f"structure {self.structure}: the iterative pruners remove whole units (channel, "
+                             "block:RxC, tile:T), not N:M patterns")
+        if kind != "unstructured" and self.scope == "neuron":
+            raise ValueError(f"structure {self.structure} takes scope global or layer, not neuron")
+        return self
 
 
 class IterativePruner(Pruner):
@@ -131,6 +143,17 @@ class IterativePruner(Pruner):
         k_target = None if target is None else kept_count(layout.d, target)
         gid, n_groups = scope_groups(layout, params.scope)
         mask = torch.ones(layout.d, dtype=torch.bool)
+        structure = self.structure
+        units = None
+        if not structure.unstructured:
+            if structure.kind == "n:m" or params.scope == "neuron":
+                raise ParameterError(f"{self.name} takes structure {structure} only with scope global or layer and "
+                                     "not as N:M (whole units are removed by their Σw²)")
+            units = structure.groups(layout)
+            # the scope group of each unit: that of its first weight
+            first = torch.full((units.count,), layout.d, dtype=torch.int64).scatter_reduce_(
+                0, units.gid, torch.arange(layout.d), reduce="amin")
+            unit_scope = gid[first]
 
         start = time.perf_counter()
         records: list[dict[str, Any]] = []
@@ -158,8 +181,14 @@ class IterativePruner(Pruner):
                 record["prune_count"] = total
                 if total == 0:
                     stopped = "rule"
-                else:
+                elif units is None:
                     mask = prune_smallest(w, mask, gid, counts)
+                else:
+                    before = int(mask.sum())
+                    mask = remove_smallest_units(w, mask, units, unit_scope, counts)
+                    record["prune_count"] = before - int(mask.sum())
+                    if record["prune_count"] == 0:  # every layer is down to its last unit
+                        stopped = "rule"
             record["seconds"] = time.perf_counter() - t0
             records.append(record)
             if "prune_count" not in record or record["prune_count"] == 0:
@@ -195,6 +224,8 @@ class IterativePruner(Pruner):
             "retrain_dense": bool(ctx.retrain_dense),
             "warnings": warnings,
         }
+        if units is not None:  # checked exactly, as for the one-shot pruners
+            log["structure"] = realised(structure, layout, mask)
         return PruneResult(masks=masks, weights=weights, log=log, buffers=buffers)
 
     def _trained_network(

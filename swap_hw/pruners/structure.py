@@ -3,7 +3,8 @@
 On a crossbar an isolated zero saves nothing — a tile is programmed, read and converted whole — so
 a hardware engineer needs masks whose zeros come in shapes the hardware can skip. Every weight
 tensor is seen as its crossbar matrix W ∈ R^{out×c} (swap_hw.tiles: c = in·∏kernel, row-major).
-A `structure` setting (shared by magnitude, lr, swap and woodfisher) constrains the mask:
+A `structure` setting (shared by magnitude, lr, swap and woodfisher; sap and lottery take the unit
+structures, `remove_smallest_units`) constrains the mask:
 
     unstructured   any k weights (the default; selection.py's Budget)
     channel        whole output rows: a Linear row / a Conv output filter survives or goes whole
@@ -352,3 +353,28 @@ class StructureParams(Params):
     @classmethod
     def _canonical(cls, value: Any) -> str:
         return str(Structure.parse(value))
+
+
+def remove_smallest_units(w: torch.Tensor, mask: torch.Tensor, groups: Groups, unit_scope: torch.Tensor,
+                          counts: torch.Tensor) -> torch.Tensor:
+    """The prune step of the iterative pruners (sap, lottery) under a unit structure: in each scope
+    group g, surviving units are removed in increasing Σ_{q∈u} w_q² (ties → the lower unit index)
+    until at least counts[g] weights are gone (a unit goes whole, so the last may overshoot); a
+    layer's last surviving unit is never removed. `unit_scope`: the scope group of every unit."""
+    if groups.structure.kind == "n:m":
+        raise ParameterError("the iterative pruners take unit structures (channel, block, tile), not N:M")
+    w64 = w.reshape(-1).to(torch.float64)
+    alive = torch.zeros(groups.count, dtype=torch.bool).index_fill_(0, groups.gid[mask.reshape(-1)], True)
+    score = torch.zeros(groups.count, dtype=torch.float64).index_add_(0, groups.gid, w64 * w64)
+    layers = int(groups.layer.max()) + 1 if groups.count else 0
+    left = torch.bincount(groups.layer[alive], minlength=layers)
+    remove = torch.zeros(groups.count, dtype=torch.bool)
+    removed = torch.zeros(int(counts.numel()), dtype=torch.int64)
+    for u in _descending(-score).tolist():  # ascending score
+        g, li = int(unit_scope[u]), int(groups.layer[u])
+        if not alive[u] or removed[g] >= counts[g] or left[li] <= 1:
+            continue
+        remove[u] = True
+        removed[g] += int(groups.size[u])
+        left[li] -= 1
+    return mask & ~remove[groups.gid]

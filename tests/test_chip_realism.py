@@ -402,3 +402,13 @@ def test_hermes_is_refused_in_one_line_where_torch_misreads_its_indexing(monkeyp
     message = str(info.value)
     assert info.value.field == "sources[0].noise_model" and "\n" not in message
     assert "pcm_hermes cannot run under torch" in message and "x[[mask]]" in message
+
+
+def test_adversarial_condition_on_a_faulty_chip_stores_the_realised_stuck_fraction(digits_model):
+    model, splits = digits_model
+    x, y = splits.test[0][:40], splits.test[1][:40]
+    cond = CONDITIONS.get("adversarial")(eps=[0.0], draws=2, drift_time="1d",
+                                         hardware={"noise_model": "pcm", "stuck_fraction": 0.05})
+    stuck = [m for m in cond.evaluate(model, (x, y), seed=0) if m.metric == "stuck_fraction"]
+    assert [m.tags["draw"] for m in stuck] == [0, 1]
+    assert all(0.04 < m.value < 0.06 for m in stuck)

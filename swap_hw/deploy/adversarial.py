@@ -27,7 +27,8 @@ forward itself — torchattacks differentiates through aihwkit's torch tiles (au
 inputs), so with IO noise (out_noise, inp_res/out_res quantisation) every forward and backward of
 the attack is a stochastic draw, exactly like the scoring passes; `eotpgd` with `eot_iter` > 1
 averages gradients over that noise. Measurements then carry the extra tag
-{"drift_time": t}; the report averages draws (chips) within a replicate and gives mean ± 95 % CI
+{"drift_time": t} (and, with `stuck_fraction` > 0 in the hardware block, each chip's realised
+"stuck_fraction" is stored too, tagged {"drift_time": t, "draw": k}); the report averages draws (chips) within a replicate and gives mean ± 95 % CI
 over replicates. "attack_success" is relative to the same chip's clean predictions.
 Every forward pass runs under a seed derived from (seed, eps, draw), so the same seed gives the
 same numbers, on digital and on analog models alike.
@@ -237,6 +238,8 @@ class AdversarialCondition(Condition):
         for draw in range(p.draws):
             chip = program(model, p.hardware, derive_seed(seed, "adversarial-condition", "program", draw))
             chip.drift(t, derive_seed(seed, "adversarial-condition", "drift", draw))
+            if p.hardware.stuck_fraction > 0:  # the realised fault rate of the scored chip, as `analog` stores it
+                out.append(Measurement("stuck_fraction", chip.stuck_fraction(), {**tags, "draw": draw}))
             # The clean pass uses the eps = 0 scoring seed: with IO noise the forward is random,
             # and this way eps = 0 reproduces the clean pass exactly (attack_success 0).
             clean_seed = derive_seed(derive_seed(seed, "adversarial-condition", 0.0, draw), "score")

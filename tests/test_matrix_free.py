@@ -82,6 +82,52 @@ def test_small_chunks_give_the_same_products(batch):
     assert model.training is False and not any(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("arch", ["resnet20", "mobilenetv1"])
+def test_products_agree_with_one_batched_backward_of_the_summed_loss(arch, batch):
+    """The floor bench/prune_scale.py --products-vs-floor times computes the same quantity:
+    Xᵀ1 = ∇_w Σ_i ℓ_i from one batched forward + backward, and Σ_i (Xv)_i = ⟨∇_w Σ_i ℓ_i, v⟩."""
+    model = trained(arch, batch)
+    x, y = batch
+    layout = Layout.from_model(model, include=prunable_names(model))
+    op = PerSampleGradientOperator(model, x, y, layout, chunk_size=7)  # 3 chunks, the last short
+    pruned = [dict(model.named_parameters())[s.name] for s in layout.slices]
+    for p in pruned:
+        p.requires_grad_(True)
+    try:
+        loss = torch.nn.functional.cross_entropy(model(x), y, reduction="sum")
+        g = layout.flatten({s.name: t for s, t in zip(layout.slices, torch.autograd.grad(loss, pruned))})
+    finally:
+        for p in pruned:
+            p.requires_grad_(False)
+    assert float(g.norm()) > 0
+    assert close(op.rmatvec(torch.ones(x.shape[0])), g)
+    v = torch.randn(layout.d, generator=torch.Generator().manual_seed(10))
+    assert float(op.matvec(v).double().sum()) == pytest.approx(float(g.double() @ v.double()), rel=1e-4)
+
+
+def test_bench_products_vs_floor_runs_and_checks():
+    """bench/prune_scale.py's products-vs-floor child on ResNet20 at n = 6: the ratios are the
+    products' times over the floor, and its two consistency checks hold."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "prune_scale.py"
+    spec = importlib.util.spec_from_file_location("prune_scale_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        row = bench.products_child(argparse.Namespace(case="resnet20", n=6, threads=1, repeats=1))
+    finally:
+        torch.set_num_threads(threads)
+    assert "error" not in row and (row["n"], row["d"]) == (6, 268_336)
+    assert row["floor_seconds"] == min(row["floor_batch_seconds"], row["floor_chunked_seconds"]) > 0
+    assert row["xv_ratio"] == pytest.approx(row["xv_seconds"] / row["floor_seconds"])
+    assert row["xtu_ratio"] == pytest.approx(row["xtu_seconds"] / row["floor_seconds"])
+    assert row["xv_check"] < 1e-4 and row["adjoint_check"] < 1e-4
+
+
 def test_dense_matrix_is_refused_with_a_clear_error(batch):
     model = trained("mlpnet", batch)
     _, free = both(GRADIENT_SOURCES.get("clean")(), model, batch)

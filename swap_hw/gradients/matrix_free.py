@@ -10,7 +10,9 @@ MobileNetV1, d ≈ 4.2·10⁶, at n = 1000). When that exceeds `calibration.memo
     Xᵀ u    = ∇_w Σ_i u_i ℓ_i(w̄)               one reverse-mode pass (torch.func.vjp), u ∈ R^n;
 
 both in chunks of examples, so memory is O(d + chunk · activations), never O(n·d). Each product
-costs about one (forward-mode: ~2×, reverse: ~3×) forward pass over the n calibration examples.
+costs about one batched forward + backward of the summed loss over the n calibration examples:
+measured at n = 1000 on 1 thread (`python bench/prune_scale.py --products-vs-floor`), Xv 1.3× and
+Xᵀu 1.0× that floor at ResNet20, 0.8× and 1.0× at MobileNetV1 on 32×32 inputs.
 `rows(start, stop)` materialises a block of rows (per-sample gradients of those examples only), for
 solvers that stream X row-block by row-block (Gram matrices, Woodbury, column norms).
 

@@ -58,7 +58,13 @@ and for entropic plans: plans (solves), sinkhorn_iterations, max_marginal_error;
 Objectives are in loss² (X w has the units of a loss).
 
 Only `grads.xv` and `grads.xtu` touch X, so a matrix-free GradientSet works unchanged. Products
-are in X's float32; vectors, reductions and CG scalars in float64.
+are in X's float32; vectors, reductions and CG scalars in float64. One exception, for speed: a
+backsolve on a dense in-memory X copies X's support columns X_S (n×|S| float32, at most
+SUPPORT_COPY_MAX_MB MiB) once and runs its CG products on them, X_S v_s and X_Sᵀ u, instead of
+X·embed(v_s) and (Xᵀu)[S] over all d columns — the same sums without the zero terms, |S|/d of the
+memory traffic (the products are memory-bound: on MNIST MLPNet they were 90 % of a one-shot lr
+prune, bench/sweep_profile.py). The BLAS kernel then sums in another order, so results agree with
+the full products to float32 rounding (tests/test_sweep_profile_results.py), not bit for bit.
 """
 
 from __future__ import annotations
@@ -170,6 +176,46 @@ class _Problem:
 
     def gradient(self, plan: TransportResult, w: torch.Tensor, xw: torch.Tensor) -> torch.Tensor:
         return self.xtu(xw - plan.targets) + self.nlam * (w - self.anchor)
+
+    def on_support(self, support: torch.Tensor) -> "_SupportProducts":
+        """Products with X_S, the columns of X on `support` (see _SupportProducts)."""
+        grads = self.grads
+        kept = int(support.sum())
+        copy = (not getattr(grads, "matrix_free", False) and getattr(grads, "cheap_columns", False)
+                and grads.n * kept * 4 <= SUPPORT_COPY_MAX_MB * 2**20)
+        # index_select copies the same values as X[:, support], in about half the time
+        columns = grads.dense().index_select(1, support.nonzero().reshape(-1)) if copy else None
+        return _SupportProducts(self, support, columns)
+
+
+# A backsolve copies X's support columns when the copy takes at most this many MiB (n·|S|·4 bytes);
+# above it (and for a matrix-free or on-disk X) its products run over all d columns of X.
+SUPPORT_COPY_MAX_MB = 1024.0
+
+
+@dataclass
+class _SupportProducts:
+    """X_S v_s (length n) and X_Sᵀ u (length |S|) for the support S of one backsolve, counted in
+    `prob.products` as the full products are. With `XS` (X's columns on S, n×|S| float32, in
+    layout order) they read only those columns; without, they embed v_s into R^d and index Xᵀu."""
+
+    prob: _Problem
+    support: torch.Tensor  # (d,) bool
+    XS: torch.Tensor | None
+
+    def xv(self, v_s: torch.Tensor) -> torch.Tensor:
+        if self.XS is None:
+            z = torch.zeros(self.support.numel(), dtype=torch.float64)
+            z[self.support] = v_s
+            return self.prob.xv(z)
+        self.prob.products += 1
+        return (self.XS @ v_s.to(torch.float32)).to(torch.float64)
+
+    def xtu(self, u: torch.Tensor) -> torch.Tensor:
+        if self.XS is None:
+            return self.prob.xtu(u)[self.support]
+        self.prob.products += 1
+        return (self.XS.T @ u.to(torch.float32)).to(torch.float64)
 
 
 @dataclass
@@ -320,9 +366,11 @@ def _authors_step(
 def _backsolve(
     prob: _Problem, plan: TransportResult, state: _State, cg_iters: int, cg_tol: float
 ) -> tuple[_State, dict[str, Any]]:
-    """CG on (X_Sᵀ X_S + nλ I) w_S = X_Sᵀ ỹ + nλ·anchor_S from the current w_S (matrix-free)."""
+    """CG on (X_Sᵀ X_S + nλ I) w_S = X_Sᵀ ỹ + nλ·anchor_S from the current w_S (matrix-free;
+    on X's support columns when they can be copied, `_Problem.on_support`)."""
     S = state.support
     d = state.w.numel()
+    on_s = prob.on_support(S)
 
     def embed(v_s: torch.Tensor) -> torch.Tensor:
         z = torch.zeros(d, dtype=torch.float64)
@@ -330,9 +378,9 @@ def _backsolve(
         return z
 
     def apply(v_s: torch.Tensor) -> torch.Tensor:
-        return prob.xtu(prob.xv(embed(v_s)))[S] + prob.nlam * v_s
+        return on_s.xtu(on_s.xv(v_s)) + prob.nlam * v_s
 
-    rhs = prob.xtu(plan.targets)[S] + prob.nlam * prob.anchor[S]
+    rhs = on_s.xtu(plan.targets) + prob.nlam * prob.anchor[S]
     x = state.w[S].clone()
     r = rhs - apply(x)
     rhs_norm = float(rhs.norm()) or 1.0
@@ -352,9 +400,10 @@ def _backsolve(
         rr = rr_new
         iters += 1
     w = embed(x)
-    xw = prob.xv(w)
+    xw = on_s.xv(x)
     new = _State(w, S.clone(), xw, prob.objective(plan, w, xw))
-    info = {"cg_iterations": iters, "cg_relative_residual": math.sqrt(rr) / rhs_norm}
+    info = {"cg_iterations": iters, "cg_relative_residual": math.sqrt(rr) / rhs_norm,
+            "cg_columns": "support" if on_s.XS is not None else "all"}
     # CG cannot raise Q in exact arithmetic; float32 products might, and an overflow gives NaN
     if not new.q <= state.q or not bool(torch.isfinite(new.w).all()):
         info["rejected"] = True
@@ -407,7 +456,9 @@ def solve_regression(
     make_plans(y) returns the plan provider for the targets y = X w̄ (float64, length n); it is
     called once, and the provider once per plan update with the current Xw. Returns the flat
     weights (float32), the support and a log: {"scope", "objective" (LR/SWAP objective at the end,
-    loss²), "stages": [per-stage entries], "plan": Sinkhorn summary, "products": Xv/Xᵀu count}.
+    loss²), "stages": [per-stage entries], "plan": Sinkhorn summary, "products": Xv/Xᵀu count,
+    "cg_columns": "support" / "all" / "mixed" — which columns the backsolves' products read
+    (`_Problem.on_support`; absent when no backsolve ran, and in logs written before the copy)}.
     """
     t_all = time.perf_counter()
     d, n = layout.d, grads.n
@@ -424,6 +475,7 @@ def solve_regression(
     w = w_start.clone()
     support = torch.ones(d, dtype=torch.bool)
     stage_logs: list[dict[str, Any]] = []
+    cg_columns: set[str] = set()  # which products the backsolves ran on (_Problem.on_support)
     final_q: float | None = None
     for t, s_t in enumerate(sparsities, start=1):
         t_stage = time.perf_counter()
@@ -459,6 +511,7 @@ def solve_regression(
                     plan = _plan_at(plans, state.xw, plan_log)
                     state.q = prob.objective(plan, state.w, state.xw)
                 state, cg = _backsolve(prob, plan, state, settings.cg_iters, settings.cg_tol)
+                cg_columns.add(cg["cg_columns"])
                 cg_log.update(cg_iterations=cg["cg_iterations"], cg_relative_residual=cg["cg_relative_residual"])
                 rounds = 1
         while not authors:
@@ -494,6 +547,7 @@ def solve_regression(
                 plan = _plan_at(plans, state.xw, plan_log)
                 state.q = prob.objective(plan, state.w, state.xw)
             state, cg = _backsolve(prob, plan, state, settings.cg_iters, settings.cg_tol)
+            cg_columns.add(cg["cg_columns"])
             cg_log["cg_iterations"] = cg_log.get("cg_iterations", 0) + cg["cg_iterations"]
             cg_log["cg_relative_residual"] = cg["cg_relative_residual"]
             if cg.get("rejected"):
@@ -532,6 +586,8 @@ def solve_regression(
         "products": prob.products,
         "solver_seconds": time.perf_counter() - t_all,
     }
+    if cg_columns:  # absent from logs written before the support copy (they ran on all columns)
+        log["cg_columns"] = cg_columns.pop() if len(cg_columns) == 1 else "mixed"
     warnings = plan_log.warnings
     if warnings:
         log["warnings"] = list(warnings)

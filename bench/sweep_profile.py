@@ -1,7 +1,11 @@
 """Where a sweep's time goes: `bench/replicate_mnist.py --quick`, profiled per protocol.
 
     python bench/sweep_profile.py [--protocols one_shot,multi_stage,gradual] [--repeats 1]
-                                  [--mnist ../shared/data/mnist] [--cprofile 25] [--dump DIR]
+                                  [--sparsities 0.5,0.9,0.98] [--pruners lr,swap] [--full-products]
+                                  [--mnist ../shared/data/mnist] [--cprofile 25] [--dump DIR] [--verbose]
+
+docs/sweeps.md ("Where a sweep's time goes") has the figures: one protocol per command with
+`--sparsities 0.5,0.9,0.98`, with and without `--full-products`.
 
 Runs the scenarios of `bench/replicate_mnist.py --quick` (MLPNet on the fixed 8k/2k MNIST split;
 magnitude / lr / swap / woodfisher × 5 sparsities × {clean, gaussian STD 2 PROP 0.25}; the digital
@@ -20,11 +24,13 @@ Each item is timed EXCLUSIVELY by wrappers this script installs around those fun
 function called inside another's timed call, e.g. a gradient collection inside a solve, counts
 once, for the innermost item), so the items add up to the total. The cells' own logs
 (`gradient_seconds`, `prune_seconds`, the stages' `gradient_seconds` / `finetune_seconds`) are read
-back from the store and printed beside them as a cross-check. Nothing in swap_hw is changed: the
-wrappers are removed when the script ends.
+back from the store and printed beside them as a cross-check, with the solve split by pruner.
+Nothing in swap_hw is changed: the wrappers are removed when the script ends.
 
 `--repeats` defaults to 1 (replicate_mnist's --quick runs 5; the cost per replicate is the same,
-so the split is too); `--cprofile N` also prints each protocol's N most expensive functions (cProfile,
+so the split is too); `--sparsities` / `--pruners` reduce the grid further (a 10-minute budget);
+`--full-products` runs lr / swap's CG backsolve over all d columns of X as before issue 20
+(pruners/iht.py SUPPORT_COPY_MAX_MB = 0, the old arithmetic bit for bit); `--cprofile N` also prints each protocol's N most expensive functions (cProfile,
 cumulative; it slows the run, so its times are not the table's). `--dump DIR` writes each protocol's
 records (values and prune logs without timings) as JSON, to compare two versions of the code.
 The dense model cache is results/cache (replicate_mnist's), so "prepare" is a load once it exists.
@@ -33,8 +39,8 @@ The dense model cache is results/cache (replicate_mnist's), so "prepare" is a lo
 from __future__ import annotations
 
 import argparse
-import cProfile
 import contextlib
+import cProfile
 import functools
 import io
 import json
@@ -101,10 +107,10 @@ class ExclusiveTimers:
 def install(timers: ExclusiveTimers) -> None:
     """Wrap the functions each item is made of (see the module docstring)."""
     import swap_hw.deploy as deploy_pkg
-    import swap_hw.protocols.staged as staged
     import swap_hw.sweep.run as run_mod
     from swap_hw.deploy.base import CONDITIONS
     from swap_hw.gradients.base import GradientSource
+    from swap_hw.protocols import staged
     from swap_hw.pruners.base import Pruner
     from swap_hw.results.store import Store
 
@@ -126,6 +132,7 @@ def install(timers: ExclusiveTimers) -> None:
 def scenario_for(protocol: str, repeats: int, npz: Path, sparsities: str | None, pruners: str | None):
     """replicate_mnist's --quick scenario of `protocol`, optionally on fewer sparsities / pruners."""
     import replicate_mnist
+
     from swap_hw.config import parse_scenario_text
 
     text = replicate_mnist.scenario_text(npz, protocol, repeats, quick=True)
@@ -228,14 +235,16 @@ def main() -> None:
 
     import torch
     from replicate_mnist import make_npz
+
     from swap_hw.sweep.executors import LocalExecutor
     from swap_hw.sweep.run import run_scenario
 
     npz = make_npz(Path(args.mnist), ROOT / "results/bench/mnist_8k2k.npz")
-    if args.full_products:
-        from swap_hw.pruners import iht
+    from swap_hw.pruners import iht
 
-        iht.SUPPORT_COPY_MAX_MB = 0.0
+    # the support copy is off in the package (it changes records under unchanged cell keys); the
+    # profile measures it on, and --full-products off (the arithmetic every stored record has)
+    iht.SUPPORT_COPY_MAX_MB = 0.0 if args.full_products else 1024.0
     timers = ExclusiveTimers()
     install(timers)
     rows = []

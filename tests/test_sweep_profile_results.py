@@ -50,7 +50,12 @@ output: {{db: {db}, cache_dir: {cache}}}
 """
 
 
-def test_support_products_equal_the_full_products():
+def test_the_support_copy_is_off_by_default():
+    # it changes records beyond float tolerance under unchanged cell keys (iht.py's docstring)
+    assert iht.SUPPORT_COPY_MAX_MB == 0.0
+
+
+def test_support_products_equal_the_full_products(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     n, d = 64, 500
     X = torch.randn(n, d, generator=gen)
@@ -62,6 +67,7 @@ def test_support_products_equal_the_full_products():
     full_v = torch.zeros(d, dtype=torch.float64)
     full_v[support] = v_s
 
+    monkeypatch.setattr(iht, "SUPPORT_COPY_MAX_MB", 1024.0)
     on_s = prob.on_support(support)
     assert on_s.XS is not None and tuple(on_s.XS.shape) == (n, int(support.sum()))
     fast_xv, fast_xtu = on_s.xv(v_s), on_s.xtu(u)

@@ -160,14 +160,7 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                     ax.axhline(dense[0], color="0.3", linestyle="--", linewidth=1, label=DENSE)
                     if dense[1] > 0:
                         ax.axhspan(dense[0] - dense[1], dense[0] + dense[1], color="0.5", alpha=0.12, linewidth=0)
-                panel = [] if len(sources) <= 1 else [source]
-                if drift is not None:
-                    panel.append(f"drift {format_drift(drift)}")
-                ax.set_title(", ".join(panel), fontsize=9)
-                ax.set_xlabel("target sparsity")
-                if j == 0:
-                    ax.set_ylabel(ylabel)
-                ax.grid(alpha=0.3)
+                _label_panel(ax, source if len(sources) > 1 else None, drift, "target sparsity", ylabel if j == 0 else None)
         axes[0][0].legend(fontsize=8, loc="best")
         path = out / f"{slug(metric)}_vs_sparsity__{stems[cond]}.png"
         _save(fig, path, head)
@@ -239,19 +232,24 @@ def write_plots(records: Iterable[dict], out_dir: str | Path, metric: str = "acc
                     ax.errorbar([q[0] for q in pts], [q[2] for q in pts], xerr=[q[1] for q in pts],
                                 yerr=[q[3] for q in pts], fmt="o-" if pruner != DENSE else "s", color=color,
                                 markersize=4, capsize=2, linewidth=1, label=pruner)
-                panel = [] if len(sources) <= 1 else [source]
-                if drift is not None:
-                    panel.append(f"drift {format_drift(drift)}")
-                ax.set_title(", ".join(panel), fontsize=9)
-                ax.set_xlabel("crossbar tiles freed (all-zero, not programmed)")
-                if j == 0:
-                    ax.set_ylabel(ylabel)
-                ax.grid(alpha=0.3)
+                _label_panel(ax, source if len(sources) > 1 else None, drift, "crossbar tiles freed (all-zero, not programmed)", ylabel if j == 0 else None)
         axes[0][0].legend(fontsize=8, loc="best")
         path = out / f"{slug(metric)}_vs_tiles__{stems[cond]}.png"
         _save(fig, path, head)
         paths.append(path)
     return paths
+
+
+def _label_panel(ax, source: str | None, drift: float | None, xlabel: str, ylabel: str | None) -> None:
+    """A (source, drift time) panel's title, axis labels (y only on the first column) and grid."""
+    panel = [] if source is None else [source]
+    if drift is not None:
+        panel.append(f"drift {format_drift(drift)}")
+    ax.set_title(", ".join(panel), fontsize=9)
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
 
 
 def _save(fig, path: Path, title: str) -> None:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .registry import CLEAN, DIGITAL, ONE_SHOT, Component
+from .registry import ADDED_LATER, CLEAN, DIGITAL, ONE_SHOT, Component, LaterDefaultsOmitted
 from .data import DataSplits
 from .digest import file_digest, tensors_digest
 from .errors import ConfigError, ParameterError, validation_problem
@@ -56,11 +56,24 @@ class DataConfig(Strict):
     limit_test: int | None = Field(None, gt=0, description="use only the first N test examples")
 
 
-class TrainConfig(Strict):
+class TrainConfig(LaterDefaultsOmitted, Strict):
+    """Dense training (also the retraining of sap and lottery): cross-entropy, masks kept."""
+
     epochs: int = Field(30, ge=0, description="dense training epochs (0 = prune the initialised model)")
-    lr: float = Field(3e-3, gt=0, description="Adam learning rate")
+    lr: float = Field(3e-3, gt=0, description="learning rate")
     batch_size: int = Field(64, gt=0, description="minibatch size")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (L2, the optimiser's own)")
+    optimizer: Literal["adam", "sgd"] = Field(
+        "adam", json_schema_extra=ADDED_LATER,
+        description="adam, or sgd with `momentum` (the SWAP authors' dense epochs: SGD, lr 1e-3, momentum 0.5)",
+    )
+    momentum: float = Field(0.0, ge=0, lt=1, json_schema_extra=ADDED_LATER, description="SGD momentum (sgd only)")
+
+    @model_validator(mode="after")
+    def _momentum_needs_sgd(self) -> "TrainConfig":
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError("momentum applies to optimizer: sgd only")
+        return self
 
 
 class ModelConfig(Strict):

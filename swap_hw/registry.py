@@ -19,7 +19,7 @@ import json
 import pkgutil
 from typing import Any, Callable, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from .errors import ParameterError, validation_problem
 
@@ -83,20 +83,42 @@ class Registry(Generic[T]):
 ADDED_LATER = {"added_later": True}
 
 
+def added_later(legacy: Any) -> dict[str, Any]:
+    """Like ADDED_LATER for a parameter whose default is NOT the old behaviour: it is left out of
+    descriptions (and cell keys) only while it holds `legacy`, the value that reproduces what ran
+    before it existed. Its new default therefore enters every key: cells computed the old way are
+    never resumed as if they were computed the new way."""
+    return {"added_later": True, "legacy": legacy}
+
+
+def omit_later_defaults(model: BaseModel, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (model's JSON dump) less the ADDED_LATER fields that still hold their legacy value
+    (their default unless `added_later(legacy=...)` names another)."""
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("added_later") and getattr(model, name) == extra.get("legacy", info.default):
+            data.pop(info.serialization_alias or info.alias or name, None)
+            data.pop(name, None)
+    return data
+
+
+class LaterDefaultsOmitted(BaseModel):
+    """A config block whose dumps (also nested in another model's) leave out the ADDED_LATER
+    fields at their legacy value, so adding such a field changes no existing key."""
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: Any) -> dict[str, Any]:
+        return omit_later_defaults(self, handler(self))
+
+
 class Params(BaseModel):
     """Base of every member's parameter model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def described(self) -> dict[str, Any]:
-        """The parameters as JSON, less the ones `ADDED_LATER` that still hold their default."""
-        data = self.model_dump(mode="json")
-        for name, info in type(self).model_fields.items():
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            if extra.get("added_later") and getattr(self, name) == info.default:
-                data.pop(info.serialization_alias or info.alias or name, None)
-                data.pop(name, None)
-        return data
+        """The parameters as JSON, less the ones `ADDED_LATER` that still hold their legacy value."""
+        return omit_later_defaults(self, self.model_dump(mode="json"))
 
 
 class Component:

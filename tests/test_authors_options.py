@@ -203,3 +203,35 @@ def test_the_authors_preset_runs(tmp_path):
             "--set", "protocol.stages=3", "--set", f"output.db={tmp_path / 'a.sqlite'}",
             "--set", f"output.cache_dir={tmp_path / 'cache'}"]
     assert main(args) == 0
+
+
+def test_dense_epochs_with_sgd_and_momentum(tmp_path):
+    """`model.train.optimizer: sgd` trains the dense model (and sap/lottery's retraining) with SGD
+    and momentum, as the authors' two dense epochs; at the defaults nothing about the model's
+    description (its cache key, every cell key) changes."""
+    from swap_hw.errors import ConfigError
+    from swap_hw.models import build_model
+    from swap_hw.sweep.plan import Seeds
+    from swap_hw.sweep.prepare import prepare
+
+    text = (f"pruners: [magnitude]\nsparsities: [0.5]\noutput: {{db: {tmp_path / 'a.sqlite'}, "
+            f"cache_dir: {tmp_path / 'cache'}}}\nmodel: {{train: {{epochs: 1, lr: 0.01, TRAIN}}}}\n")
+    plain = parse_scenario_text(text.replace(", TRAIN", ""), "s.yaml")
+    explicit = parse_scenario_text(text.replace("TRAIN", "optimizer: adam, momentum: 0.0"), "s.yaml")
+    sgd = parse_scenario_text(text.replace("TRAIN", "optimizer: sgd, momentum: 0.5"), "s.yaml")
+    assert plain.model_description() == explicit.model_description()
+    assert "optimizer" not in plain.model_description()["train"]
+    assert [c.key for c in plan_cells(plain)] == [c.key for c in plan_cells(explicit)]
+    assert not {c.key for c in plan_cells(plain)} & {c.key for c in plan_cells(sgd)}
+
+    prep = prepare(sgd)
+    seeds = Seeds(sgd.spec.seed)
+    by_hand = build_model("mlpnet", prep.splits.input_shape, prep.splits.n_classes, seed=seeds.init)
+    train_model(by_hand, prep.splits.x_train, prep.splits.y_train, epochs=1, lr=0.01, batch_size=64,
+                seed=seeds.train, optimizer="sgd", momentum=0.5)
+    adam = prepare(plain).dense.state_dict()
+    for name, value in by_hand.state_dict().items():
+        assert torch.equal(prep.dense.state_dict()[name], value)
+        assert not torch.equal(adam[name], value)
+    with pytest.raises(ConfigError, match=r"momentum.*sgd"):
+        parse_scenario_text(text.replace("TRAIN", "momentum: 0.5"), "s.yaml")

@@ -129,13 +129,12 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import nn
 
-from ..registry import ADDED_LATER, Params
+from ..registry import ADDED_LATER, LaterDefaultsOmitted, Params
 from ..errors import ParameterError
 from ..seeding import derive_seed, torch_generator, torch_global_seed
 
@@ -299,26 +298,17 @@ def _hermes_indexing_quiet() -> Iterator[None]:
         yield
 
 
-class HardwareConfig(Params):
+class HardwareConfig(LaterDefaultsOmitted, Params):
     """The simulated analog device and periphery; see the module docstring for the physics."""
+
+    # LaterDefaultsOmitted: fields added later are left out at their default also where this config
+    # is nested (the adversarial condition's `hardware` block), so existing keys stay identical.
 
     @model_validator(mode="before")
     @classmethod
     def _torch_tiles_can_simulate(cls, data: Any) -> Any:
         _reject_torch_tile_features(data)
         return _canonical_compensation(data)
-
-    @model_serializer(mode="wrap")
-    def _omit_later_defaults(self, handler: Any) -> dict[str, Any]:
-        # Fields added later are left out while at their default, also when this config is nested
-        # (the adversarial condition's `hardware` block), where Params.described() cannot reach:
-        # existing descriptions and cell keys stay identical.
-        data = handler(self)
-        for name, info in type(self).model_fields.items():
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            if extra.get("added_later") and name in data and getattr(self, name) == info.default:
-                del data[name]
-        return data
 
     noise_model: NoiseModelName = Field(
         "pcm",

@@ -125,7 +125,8 @@ class TrainingContext:
                    every iteration rewinds to it. Not modified.
     x_train, y_train: the training split the pruner retrains on (never the test split).
     epochs:        E, training epochs per iteration (a pruner's `epochs` Param overrides it), ≥ 1.
-    lr, batch_size, weight_decay: Adam settings of `swap_hw.models.train_model`.
+    lr, batch_size, weight_decay, optimizer ("adam" | "sgd"), momentum (sgd only): the settings of
+                   `swap_hw.models.train_model`.
     seed:          root seed; iteration t trains with derive_seed(seed, "iterative-train", t), so
                    sap and lottery see the same batches at the same iteration.
     x_val, y_val:  optional validation split; its accuracy is recorded per iteration.
@@ -145,6 +146,8 @@ class TrainingContext:
     batch_size: int = 64
     seed: int = 0
     weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.0
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     evaluate: Callable[[nn.Module, int], Mapping[str, float]] | None = None
@@ -159,6 +162,9 @@ class TrainingContext:
             raise ParameterError(f"TrainingContext.lr must be > 0, got {self.lr}")
         if int(self.batch_size) < 1:
             raise ParameterError(f"TrainingContext.batch_size must be ≥ 1, got {self.batch_size}")
+        if self.optimizer not in ("adam", "sgd") or not 0 <= self.momentum < 1:
+            raise ParameterError(f"TrainingContext.optimizer must be 'adam' or 'sgd' and momentum in [0, 1), "
+                                 f"got {self.optimizer!r}, {self.momentum}")
         if self.x_train.shape[0] != self.y_train.shape[0] or self.x_train.shape[0] == 0:
             raise ParameterError(
                 f"training split needs as many labels as inputs (> 0), got {self.x_train.shape[0]} "

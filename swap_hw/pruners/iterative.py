@@ -252,6 +252,8 @@ class IterativePruner(Pruner):
             seed=derive_seed(ctx.seed, "iterative-train", t),
             weight_decay=ctx.weight_decay,
             masks=masks,
+            optimizer=ctx.optimizer,
+            momentum=ctx.momentum,
         )
         for p in net.parameters():
             p.requires_grad_(False)

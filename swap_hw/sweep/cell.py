@@ -71,7 +71,8 @@ def training_context(prep: Prepared, replicate: int) -> TrainingContext:
 
     return TrainingContext(model=prep.dense, initial_state=prep.init_state, x_train=prep.splits.x_train,
                            y_train=prep.splits.y_train, lr=t.lr, batch_size=t.batch_size,
-                           weight_decay=t.weight_decay, seed=prep.seeds.prune(replicate), evaluate=test_accuracy)
+                           weight_decay=t.weight_decay, optimizer=t.optimizer, momentum=t.momentum,
+                           seed=prep.seeds.prune(replicate), evaluate=test_accuracy)
 
 
 def calibration_batch(prep: Prepared, replicate: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -214,7 +214,8 @@ def prepare(scenario: Scenario) -> Prepared:
 
         def train(model: nn.Module) -> nn.Module:
             return train_model(model, splits.x_train, splits.y_train, epochs=t.epochs, lr=t.lr,
-                               batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seeds.train)
+                               batch_size=t.batch_size, weight_decay=t.weight_decay, seed=seeds.train,
+                               optimizer=t.optimizer, momentum=t.momentum)
 
         model = scenario.model_description()
         description = {

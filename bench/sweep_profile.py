@@ -29,8 +29,9 @@ Nothing in swap_hw is changed: the wrappers are removed when the script ends.
 
 `--repeats` defaults to 1 (replicate_mnist's --quick runs 5; the cost per replicate is the same,
 so the split is too); `--sparsities` / `--pruners` reduce the grid further (a 10-minute budget);
-`--full-products` runs lr / swap's CG backsolve over all d columns of X as before issue 20
-(pruners/iht.py SUPPORT_COPY_MAX_MB = 0, the old arithmetic bit for bit); `--cprofile N` also prints each protocol's N most expensive functions (cProfile,
+lr and swap run with `cg_columns: support` (their CG backsolve's products on X's support columns);
+`--full-products` runs them at the package's default `cg_columns: all` (all d columns, the
+arithmetic of every published record, bit for bit); `--cprofile N` also prints each protocol's N most expensive functions (cProfile,
 cumulative; it slows the run, so its times are not the table's). `--dump DIR` writes each protocol's
 records (values and prune logs without timings) as JSON, to compare two versions of the code.
 The dense model cache is results/cache (replicate_mnist's), so "prepare" is a load once it exists.
@@ -129,8 +130,10 @@ def install(timers: ExclusiveTimers) -> None:
     timers.wrap(run_mod, "prepare", "prepare")
 
 
-def scenario_for(protocol: str, repeats: int, npz: Path, sparsities: str | None, pruners: str | None):
-    """replicate_mnist's --quick scenario of `protocol`, optionally on fewer sparsities / pruners."""
+def scenario_for(protocol: str, repeats: int, npz: Path, sparsities: str | None, pruners: str | None,
+                 cg_columns: str = "support"):
+    """replicate_mnist's --quick scenario of `protocol`, optionally on fewer sparsities / pruners,
+    with lr and swap's `cg_columns` set (support: the fast products; all: replicate_mnist's own)."""
     import replicate_mnist
 
     from swap_hw.config import parse_scenario_text
@@ -138,22 +141,29 @@ def scenario_for(protocol: str, repeats: int, npz: Path, sparsities: str | None,
     text = replicate_mnist.scenario_text(npz, protocol, repeats, quick=True)
     if sparsities:
         text = text.replace(f"sparsities: {replicate_mnist.SPARSITIES}", f"sparsities: [{sparsities}]")
-    if pruners:
-        keep = [p.strip() for p in pruners.split(",")]
-        line = f"pruners: [{replicate_mnist.pruner_entries(protocol)}]"
-        # the one-shot entries are "{name: lr, stages: 10, lambda: 0.01}": split on top-level commas only
-        entries, depth, cur = [], 0, ""
-        for ch in replicate_mnist.pruner_entries(protocol):
-            depth += ch == "{"
-            depth -= ch == "}"
-            if ch == "," and depth == 0:
-                entries.append(cur.strip())
-                cur = ""
-            else:
-                cur += ch
-        entries.append(cur.strip())
-        chosen = [e for e in entries if e.strip("{}").split(",")[0].replace("name:", "").strip() in keep]
-        text = text.replace(line, f"pruners: [{', '.join(chosen)}]")
+    line = f"pruners: [{replicate_mnist.pruner_entries(protocol)}]"
+    # the one-shot entries are "{name: lr, stages: 10, lambda: 0.01}": split on top-level commas only
+    entries, depth, cur = [], 0, ""
+    for ch in replicate_mnist.pruner_entries(protocol):
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == "," and depth == 0:
+            entries.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    entries.append(cur.strip())
+    keep = [p.strip() for p in pruners.split(",")] if pruners else None
+    chosen = []
+    for entry in entries:
+        name = entry.strip("{}").split(",")[0].replace("name:", "").strip()
+        if keep is not None and name not in keep:
+            continue
+        if name in ("lr", "swap") and cg_columns != "all":
+            entry = (entry[:-1] if entry.startswith("{") else "{name: " + entry) + f", cg_columns: {cg_columns}}}"
+        chosen.append(entry)
+    assert line in text
+    text = text.replace(line, f"pruners: [{', '.join(chosen)}]")
     return parse_scenario_text(text, f"replicate_mnist_{protocol}.yaml")
 
 
@@ -227,8 +237,8 @@ def main() -> None:
     ap.add_argument("--pruners", default=None, help="comma list of pruner names to keep (a reduced run)")
     ap.add_argument("--verbose", action="store_true", help="print every cell as it finishes")
     ap.add_argument("--full-products", action="store_true",
-                    help="the CG backsolve's products over all d columns of X, as before issue 20 "
-                    "(iht.SUPPORT_COPY_MAX_MB = 0: the old arithmetic, bit for bit)")
+                    help="lr / swap at cg_columns: all (the package's default, the arithmetic of every "
+                    "published record) instead of cg_columns: support")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N")
     ap.add_argument("--dump", default=None, metavar="DIR")
     args = ap.parse_args()
@@ -240,11 +250,6 @@ def main() -> None:
     from swap_hw.sweep.run import run_scenario
 
     npz = make_npz(Path(args.mnist), ROOT / "results/bench/mnist_8k2k.npz")
-    from swap_hw.pruners import iht
-
-    # the support copy is off in the package (it changes records under unchanged cell keys); the
-    # profile measures it on, and --full-products off (the arithmetic every stored record has)
-    iht.SUPPORT_COPY_MAX_MB = 0.0 if args.full_products else 1024.0
     timers = ExclusiveTimers()
     install(timers)
     rows = []
@@ -252,7 +257,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="sweep_profile_") as tmp:
             for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
                 db = Path(tmp) / f"{protocol}.sqlite"
-                scenario = scenario_for(protocol, args.repeats, npz, args.sparsities, args.pruners)
+                scenario = scenario_for(protocol, args.repeats, npz, args.sparsities, args.pruners,
+                                        "all" if args.full_products else "support")
                 timers.reset()
                 profiler = cProfile.Profile() if args.cprofile else None
                 start = time.perf_counter()

@@ -1,18 +1,20 @@
-"""The sweep speed-up of issue 20 leaves every pruner's results as they were.
+"""`cg_columns: support` (issue 20's sweep speed-up) leaves every pruner's results as they were,
+to float tolerance, and `cg_columns: all` (the default) is the old arithmetic bit for bit.
 
 The largest item of `bench/sweep_profile.py`'s profile was the regression solver's CG backsolve
-(lr, swap), whose products ran over all d columns of X although only the support's |S| columns
-enter them. A backsolve now copies X's support columns once and multiplies with those
-(pruners/iht.py, `_Problem.on_support`); `iht.SUPPORT_COPY_MAX_MB = 0` turns the copy off, which is
-the arithmetic as it was before, bit for bit. The BLAS kernels sum the shorter products in another
-order, so the two agree to float32 rounding, not bit for bit. What is checked here:
+(lr, swap), whose products run over all d columns of X although only the support's |S| columns
+enter them. With `cg_columns: support` a backsolve copies X's support columns once and multiplies
+with those (pruners/iht.py, `_Problem.on_support`). The BLAS kernels sum the shorter products in
+another order, so the two agree to float32 rounding, not bit for bit; that is why the option is
+part of the cell keys when set. What is checked here:
 
+  * the default stays out of every description (no cell key changes) and a set option enters it;
   * the support products equal the full products to float32 rounding, are counted the same, and
-    without the copy (the fallback, also a matrix-free X's path) are the old products exactly;
+    without the copy (the default, also a matrix-free X's path) are the old products exactly;
   * a small fixed sweep (digits MLPNet; magnitude, lr, swap, woodfisher; s ∈ {0.5, 0.9}; clean and
     gaussian gradients; one_shot, multi_stage and gradual) gives the same records both ways: the
-    same realised sparsities and top-1 accuracies exactly, losses and prune-log objectives within
-    float tolerance, the same product counts and CG iteration counts.
+    same realised sparsities, top-1 accuracies equal or one test example apart, losses and
+    prune-log objectives within float tolerance, product counts within the CG's own spread.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from swap_hw.config import parse_scenario_text
 from swap_hw.gradients import GradientSet
 from swap_hw.layout import Layout
-from swap_hw.pruners import iht
+from swap_hw.pruners import PRUNERS, iht
 from swap_hw.results.store import Store
 from swap_hw.sweep.executors import LocalExecutor
 from swap_hw.sweep.run import run_scenario
@@ -40,7 +42,7 @@ repeats: 1
 model: {{train: {{epochs: 3}}}}
 calibration: {{n: 128}}
 sources: [clean, {{name: gaussian, std: 2, prop: 0.25}}]
-pruners: [magnitude, {{name: lr, stages: 3, lambda: 0.01}}, {{name: swap, stages: 2}}, woodfisher]
+pruners: [magnitude, {{name: lr, stages: 3, lambda: 0.01{cg}}}, {{name: swap, stages: 2{cg}}}, woodfisher]
 sparsities: [0.5, 0.9]
 conditions: [digital]
 protocol: {protocol}
@@ -50,24 +52,27 @@ output: {{db: {db}, cache_dir: {cache}}}
 """
 
 
-def test_the_support_copy_is_off_by_default():
-    # it changes records beyond float tolerance under unchanged cell keys (iht.py's docstring)
-    assert iht.SUPPORT_COPY_MAX_MB == 0.0
+def test_the_default_reads_all_columns_and_stays_out_of_the_cell_keys():
+    for name in ("lr", "swap"):
+        default = PRUNERS.get(name)()
+        assert default.params.cg_columns == "all" and "cg_columns" not in default.describe()
+        assert PRUNERS.get(name)(cg_columns="all").describe() == default.describe()
+        assert PRUNERS.get(name)(cg_columns="support").describe()["cg_columns"] == "support"
 
 
-def test_support_products_equal_the_full_products(monkeypatch):
+def test_support_products_equal_the_full_products():
     gen = torch.Generator().manual_seed(0)
     n, d = 64, 500
     X = torch.randn(n, d, generator=gen)
     grads = GradientSet(X=X, w_bar=torch.randn(d, generator=gen), layout=Layout.from_shapes([("w", (d,))]))
-    prob = iht._Problem(grads, torch.zeros(n, dtype=torch.float64), 0.1, torch.zeros(d, dtype=torch.float64))
+    prob = iht._Problem(grads, torch.zeros(n, dtype=torch.float64), 0.1, torch.zeros(d, dtype=torch.float64),
+                        support_columns=True)
     support = torch.rand(d, generator=gen) < 0.3
     v_s = torch.randn(int(support.sum()), generator=gen, dtype=torch.float64)
     u = torch.randn(n, generator=gen, dtype=torch.float64)
     full_v = torch.zeros(d, dtype=torch.float64)
     full_v[support] = v_s
 
-    monkeypatch.setattr(iht, "SUPPORT_COPY_MAX_MB", 1024.0)
     on_s = prob.on_support(support)
     assert on_s.XS is not None and tuple(on_s.XS.shape) == (n, int(support.sum()))
     fast_xv, fast_xtu = on_s.xv(v_s), on_s.xtu(u)
@@ -78,15 +83,14 @@ def test_support_products_equal_the_full_products(monkeypatch):
     torch.testing.assert_close(fast_xtu, ref_xtu, rtol=1e-5, atol=1e-5 * float(ref_xtu.abs().max()))
 
 
-def test_without_the_copy_the_products_are_the_old_ones_exactly(monkeypatch):
+def test_without_the_copy_the_products_are_the_old_ones_exactly():
     gen = torch.Generator().manual_seed(1)
     n, d = 32, 200
     grads = GradientSet(X=torch.randn(n, d, generator=gen), w_bar=torch.zeros(d),
                         layout=Layout.from_shapes([("w", (d,))]))
     prob = iht._Problem(grads, torch.zeros(n, dtype=torch.float64), 0.0, torch.zeros(d, dtype=torch.float64))
     support = torch.rand(d, generator=gen) < 0.5
-    monkeypatch.setattr(iht, "SUPPORT_COPY_MAX_MB", 0.0)
-    on_s = prob.on_support(support)
+    on_s = prob.on_support(support)  # support_columns=False: the default, cg_columns: all
     assert on_s.XS is None
     v_s = torch.randn(int(support.sum()), generator=gen, dtype=torch.float64)
     u = torch.randn(n, generator=gen, dtype=torch.float64)
@@ -97,10 +101,13 @@ def test_without_the_copy_the_products_are_the_old_ones_exactly(monkeypatch):
     assert prob.products == 2
 
 
-def _sweep(root: Path, cache: Path, protocol: str) -> dict[str, dict]:
-    """Run the fixed scenario under `protocol` into root/db.sqlite; cell key → what it stored."""
+def _sweep(root: Path, cache: Path, protocol: str, cg_columns: str) -> dict[tuple, dict]:
+    """Run the fixed scenario under `protocol` into root/db.sqlite, lr and swap at `cg_columns`;
+    (pruner name, source, sparsity) → what its cell stored."""
     db = root / "db.sqlite"
-    scenario = parse_scenario_text(SCENARIO.format(protocol=protocol, db=db, cache=cache), "profile_results.yaml")
+    cg = "" if cg_columns == "all" else f", cg_columns: {cg_columns}"
+    scenario = parse_scenario_text(SCENARIO.format(protocol=protocol, db=db, cache=cache, cg=cg),
+                                   "profile_results.yaml")
     summary = run_scenario(scenario, executor=LocalExecutor(torch_threads=1))
     assert summary.computed == summary.planned == 1 + 4 * 2 * 2
     with Store(db) as store:
@@ -108,7 +115,10 @@ def _sweep(root: Path, cache: Path, protocol: str) -> dict[str, dict]:
     with sqlite3.connect(db) as conn:
         for key, metric, value in conn.execute("SELECT cell_key, metric, value FROM measurements"):
             logs[key][metric] = value
-    return logs
+    def name(c: dict) -> str:
+        return (c["pruner_json"] or {}).get("name", "dense")
+
+    return {(name(c), c["source"], c["sparsity_label"]): c | {"key": key} for key, c in logs.items()}
 
 
 def _solver_logs(log: dict) -> list[dict]:
@@ -120,7 +130,7 @@ def _solver_logs(log: dict) -> list[dict]:
 
 
 @pytest.mark.parametrize("protocol", ["one_shot", "multi_stage", "gradual"])
-def test_a_fixed_sweep_gives_the_same_records_with_and_without_the_support_copy(tmp_path, monkeypatch, protocol):
+def test_a_fixed_sweep_gives_the_same_records_with_either_cg_columns(tmp_path, monkeypatch, protocol):
     cache = tmp_path / "cache"
     copies: list[bool] = []
     on_support = iht._Problem.on_support
@@ -131,15 +141,15 @@ def test_a_fixed_sweep_gives_the_same_records_with_and_without_the_support_copy(
         return out
 
     monkeypatch.setattr(iht._Problem, "on_support", spy)
-    monkeypatch.setattr(iht, "SUPPORT_COPY_MAX_MB", 0.0)
-    before = _sweep(tmp_path / "before", cache, protocol)
+    before = _sweep(tmp_path / "before", cache, protocol, "all")
     assert copies and not any(copies)  # the backsolves ran, over all columns (the old arithmetic)
     copies.clear()
-    monkeypatch.setattr(iht, "SUPPORT_COPY_MAX_MB", 1024.0)
-    after = _sweep(tmp_path / "after", cache, protocol)
+    after = _sweep(tmp_path / "after", cache, protocol, "support")
     assert copies and all(copies)  # every backsolve multiplied with the support's columns
 
-    assert before.keys() == after.keys()  # the cell keys do not depend on the products' path
+    assert before.keys() == after.keys()
+    for where, old in before.items():  # the option is in the keys of lr and swap cells only
+        assert (after[where]["key"] == old["key"]) == (where[0] not in ("lr", "swap")), where
     n_test = 359  # digits' test split (20 % of 1,797 images): one example is 1/359 of accuracy
     regression = same_accuracy = 0
     for key, old in before.items():

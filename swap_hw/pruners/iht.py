@@ -58,18 +58,20 @@ and for entropic plans: plans (solves), sinkhorn_iterations, max_marginal_error;
 Objectives are in loss² (X w has the units of a loss).
 
 Only `grads.xv` and `grads.xtu` touch X, so a matrix-free GradientSet works unchanged. Products
-are in X's float32; vectors, reductions and CG scalars in float64. One exception, for speed: a
-backsolve on a dense in-memory X copies X's support columns X_S (n×|S| float32, at most
-SUPPORT_COPY_MAX_MB MiB) once and runs its CG products on them, X_S v_s and X_Sᵀ u, instead of
-X·embed(v_s) and (Xᵀu)[S] over all d columns — the same sums without the zero terms, |S|/d of the
-memory traffic (the products are memory-bound: on MNIST MLPNet they were 90 % of a one-shot lr
-prune, bench/sweep_profile.py). The BLAS kernel then sums in another order, so the products agree
-with the full ones to float32 rounding (tests/test_sweep_profile_results.py), not bit for bit, and
-where the solve amplifies rounding a pruned model moves by more (CG stopped at cg_tol on an
-ill-conditioned X, then a magnitude selection at high sparsity: multi-stage lr at s = 0.98 on
-MNIST moved 12 accuracy points on one replicate; under one-ulp changes of the dense weights both
-versions give 71.7–75.1 % there; docs/sweeps.md, "Where a sweep's time goes"). SUPPORT_COPY_MAX_MB = 0 (the default) is the old
-arithmetic, bit for bit; the solver log's `cg_columns` says which ran.
+are in X's float32; vectors, reductions and CG scalars in float64. One option, for speed:
+`cg_columns: support` makes a backsolve on a dense in-memory X copy X's support columns X_S (n×|S|
+float32, at most SUPPORT_COPY_MAX_MB MiB) once and run its CG products on them, X_S v_s and X_Sᵀ u,
+instead of X·embed(v_s) and (Xᵀu)[S] over all d columns — the same sums without the zero terms,
+|S|/d of the memory traffic (the products are memory-bound: on MNIST MLPNet they were 90 % of a
+one-shot lr prune, bench/sweep_profile.py). The BLAS kernel then sums in another order, so the
+products agree with the full ones to float32 rounding (tests/test_sweep_profile_results.py), not
+bit for bit, and where the solve amplifies rounding a pruned model moves by more (CG stopped at
+cg_tol on an ill-conditioned X, then a magnitude selection at high sparsity: multi-stage lr at
+s = 0.98 on MNIST moved 12 accuracy points on one replicate; under one-ulp changes of the dense
+weights both arithmetics give 71.7–75.1 % there; docs/sweeps.md, "Where a sweep's time goes").
+That is why it is an option, part of the cell keys when set, and not the default: `cg_columns: all`
+is the arithmetic every stored record and published figure was computed with, bit for bit. The
+solver log's `cg_columns` says which ran.
 """
 
 from __future__ import annotations
@@ -126,6 +128,13 @@ class RegressionParams(StructureParams):
     backsolve: bool = Field(True, description="re-fit w on the support after each stage (matrix-free CG)")
     cg_iters: int = Field(200, ge=1, le=100000, description="conjugate-gradient iterations per backsolve at most")
     cg_tol: float = Field(1e-5, gt=0, lt=1, description="CG stops at relative residual ‖r‖/‖rhs‖ below this")
+    cg_columns: Literal["all", "support"] = Field(
+        "all", json_schema_extra=ADDED_LATER,
+        description="which columns of X the backsolve's CG products read: all d (X·embed(v_S), (Xᵀu)_S; the "
+        "arithmetic of every record before 2026-12) or support (a copy of X's |S| support columns, the same "
+        "sums without the zero terms in another order: 2.2–3.6× faster on MNIST MLPNet, agrees to float32 "
+        "rounding; needs an in-memory X and n·|S|·4 bytes ≤ SUPPORT_COPY_MAX_MB, else all)",
+    )
     anchor: Literal["fixed", "moving", "moving_all"] = Field(
         "fixed", description="what stages are anchored at: the dense w̄ (fixed); the previous stage's weights as "
         "the ridge centre only (moving); or the previous stage's weights for the targets y = Xw, the plan and the "
@@ -166,6 +175,7 @@ class _Problem:
     nlam: float  # n·λ
     anchor: torch.Tensor  # (d,) float64
     products: int = 0
+    support_columns: bool = False  # backsolves multiply with a copy of X's support columns (cg_columns)
 
     def xv(self, v: torch.Tensor) -> torch.Tensor:
         self.products += 1
@@ -186,19 +196,17 @@ class _Problem:
         """Products with X_S, the columns of X on `support` (see _SupportProducts)."""
         grads = self.grads
         kept = int(support.sum())
-        copy = (not getattr(grads, "matrix_free", False) and getattr(grads, "cheap_columns", False)
-                and grads.n * kept * 4 <= SUPPORT_COPY_MAX_MB * 2**20)
+        copy = (self.support_columns and not getattr(grads, "matrix_free", False)
+                and getattr(grads, "cheap_columns", False) and grads.n * kept * 4 <= SUPPORT_COPY_MAX_MB * 2**20)
         # index_select copies the same values as X[:, support], in about half the time
         columns = grads.dense().index_select(1, support.nonzero().reshape(-1)) if copy else None
         return _SupportProducts(self, support, columns)
 
 
-# A backsolve copies X's support columns when the copy takes at most this many MiB (n·|S|·4 bytes);
-# above it (and for a matrix-free or on-disk X) its products run over all d columns of X. OFF (0)
-# by default: the copy changes stored records beyond float tolerance (above) under the same cell
-# keys, so it may only be turned on through an option that is part of the keys (not done yet);
-# bench/sweep_profile.py turns it on to measure it.
-SUPPORT_COPY_MAX_MB = 0.0
+# With `cg_columns: support` a backsolve copies X's support columns when the copy takes at most this
+# many MiB (n·|S|·4 bytes); above it (and for a matrix-free or on-disk X) its products run over all
+# d columns of X, and the solver log's `cg_columns` says so.
+SUPPORT_COPY_MAX_MB = 1024.0
 
 
 @dataclass
@@ -437,6 +445,7 @@ class Settings:
     update_weights: bool
     scope: str
     step_rule: str = "descent"
+    cg_columns: str = "all"
     structure: str = UNSTRUCTURED
     direction: Direction = "consistent"  # swap only: lr's gradient is the consistent one
     plan_every: int = 10  # swap only: lr's identity plan never changes
@@ -474,7 +483,8 @@ def solve_regression(
     w_ref = w_start if anchor is None else anchor.reshape(-1).to(torch.float64)
     fisher_scale = grads.mean_square() if settings.lambda_units == "relative" else 1.0
     lambda_abs = settings.lambda_ * fisher_scale
-    prob = _Problem(grads, torch.zeros(0), n * lambda_abs, w_ref.clone())
+    prob = _Problem(grads, torch.zeros(0), n * lambda_abs, w_ref.clone(),
+                    support_columns=settings.cg_columns == "support")
     prob.y = prob.xv(w_ref)
     plans = make_plans(prob.y)
     plan_log = _PlanLog()

@@ -16,6 +16,8 @@ are what a pruner edits and what is then programmed.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, ClassVar
 
 import torch
@@ -89,7 +91,11 @@ class GradientSource(Component):
         X = per_sample_gradients(grad_model, x, y, layout, info=chunking)
         provenance.update(chunking)  # which per-sample path ran, and its chunk size
         X = self.perturb(X, seed, provenance)
-        if not bool(torch.isfinite(X).all()):  # a pruner would quietly step around NaN rows
+        # A sum is finite only if every term is (a NaN or ±Inf term makes it NaN or ±Inf; a finite
+        # sum cannot hide one), so the cheap sum decides for almost every X; only a non-finite sum
+        # (a bad entry, or an overflow of the sum itself) pays for the elementwise check.
+        if not math.isfinite(float(X.sum())) and not bool(torch.isfinite(X).all()):
+            # a pruner would quietly step around NaN rows
             rows = int((~torch.isfinite(X)).any(dim=1).sum())
             raise RunFault(f"gradient source {self.label}: {rows} of {X.shape[0]} per-sample gradients are NaN/Inf "
                            "(the dense model's outputs or the source's noise settings)")

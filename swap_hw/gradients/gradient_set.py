@@ -82,7 +82,9 @@ class GradientSet:
         """
         total = 0.0
         for _, _, rows in self.iter_rows(rows_per_block(self.d, block_mb)):
-            total += float(rows.double().pow(2).sum())
+            # squared in place on a float64 copy (copy=True: a float64 X must not be squared itself):
+            # the same bits as pow(2), half the memory traffic
+            total += float(rows.to(torch.float64, copy=True).pow_(2).sum())
         return total / max(1, self.n * self.d)
 
 

@@ -1,11 +1,11 @@
 """Where a sweep's time goes: `bench/replicate_mnist.py --quick`, profiled per protocol.
 
     python bench/sweep_profile.py [--protocols one_shot,multi_stage,gradual] [--repeats 1]
-                                  [--sparsities 0.5,0.9,0.98] [--pruners lr,swap] [--full-products]
+                                  [--sparsities 0.5,0.9,0.98] [--pruners lr,swap] [--full-products | --compare]
                                   [--mnist ../shared/data/mnist] [--cprofile 25] [--dump DIR] [--verbose]
 
 docs/sweeps.md ("Where a sweep's time goes") has the figures: one protocol per command with
-`--sparsities 0.5,0.9,0.98`, with and without `--full-products`.
+`--sparsities 0.5,0.9,0.98 --compare`.
 
 Runs the scenarios of `bench/replicate_mnist.py --quick` (MLPNet on the fixed 8k/2k MNIST split;
 magnitude / lr / swap / woodfisher × 5 sparsities × {clean, gaussian STD 2 PROP 0.25}; the digital
@@ -31,7 +31,8 @@ Nothing in swap_hw is changed: the wrappers are removed when the script ends.
 so the split is too); `--sparsities` / `--pruners` reduce the grid further (a 10-minute budget);
 lr and swap run with `cg_columns: support` (their CG backsolve's products on X's support columns);
 `--full-products` runs them at the package's default `cg_columns: all` (all d columns, the
-arithmetic of every published record, bit for bit); `--cprofile N` also prints each protocol's N most expensive functions (cProfile,
+arithmetic of every published record, bit for bit); `--compare` runs each protocol both ways in
+one run and prints the ratios; `--cprofile N` also prints each protocol's N most expensive functions (cProfile,
 cumulative; it slows the run, so its times are not the table's). `--dump DIR` writes each protocol's
 records (values and prune logs without timings) as JSON, to compare two versions of the code.
 The dense model cache is results/cache (replicate_mnist's), so "prepare" is a load once it exists.
@@ -239,6 +240,8 @@ def main() -> None:
     ap.add_argument("--full-products", action="store_true",
                     help="lr / swap at cg_columns: all (the package's default, the arithmetic of every "
                     "published record) instead of cg_columns: support")
+    ap.add_argument("--compare", action="store_true",
+                    help="run each protocol at cg_columns: all, then support, and print the ratios (one run)")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N")
     ap.add_argument("--dump", default=None, metavar="DIR")
     args = ap.parse_args()
@@ -255,10 +258,11 @@ def main() -> None:
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="sweep_profile_") as tmp:
-            for protocol in [p.strip() for p in args.protocols.split(",") if p.strip()]:
-                db = Path(tmp) / f"{protocol}.sqlite"
-                scenario = scenario_for(protocol, args.repeats, npz, args.sparsities, args.pruners,
-                                        "all" if args.full_products else "support")
+            variants = ["all", "support"] if args.compare else ["all" if args.full_products else "support"]
+            for protocol, cg_columns in [(p.strip(), v) for p in args.protocols.split(",") if p.strip()
+                                         for v in variants]:
+                db = Path(tmp) / f"{protocol}_{cg_columns}.sqlite"
+                scenario = scenario_for(protocol, args.repeats, npz, args.sparsities, args.pruners, cg_columns)
                 timers.reset()
                 profiler = cProfile.Profile() if args.cprofile else None
                 start = time.perf_counter()
@@ -269,9 +273,9 @@ def main() -> None:
                 split = {k: timers.seconds.get(k, 0.0) for k in ITEMS if k != "other"}
                 split["other"] = total - sum(split.values())
                 records = cell_records(db, summary.run_id)
-                rows.append((protocol, summary.computed, total, split, dict(timers.calls), log_seconds(records),
-                             dict(timers.detail)))
-                print(f"{protocol}: {summary.computed} cells in {total:.1f} s "
+                rows.append((protocol, cg_columns, summary.computed, total, split, dict(timers.calls),
+                             log_seconds(records), dict(timers.detail)))
+                print(f"{protocol} (cg_columns: {cg_columns}): {summary.computed} cells in {total:.1f} s "
                       f"(dense model {'loaded' if summary.dense_was_cached else 'trained'})", flush=True)
                 if profiler is not None:
                     stream = io.StringIO()
@@ -279,25 +283,38 @@ def main() -> None:
                     print(stream.getvalue(), flush=True)
                 if args.dump:
                     Path(args.dump).mkdir(parents=True, exist_ok=True)
-                    (Path(args.dump) / f"{protocol}.json").write_text(
+                    (Path(args.dump) / f"{protocol}_{cg_columns}.json").write_text(
                         json.dumps(strip_timings(records), indent=1, sort_keys=True))
     finally:
         timers.restore()
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\n{args.repeats} replicate(s) per protocol, sparsities {args.sparsities or 'all 5'}, "
-          f"pruners {args.pruners or 'all 4'}, {'full' if args.full_products else 'support'} CG products, 1 torch thread (torch {torch.__version__}), "
+          f"pruners {args.pruners or 'all 4'}, 1 torch thread (torch {torch.__version__}), "
           f"{os.cpu_count()} cores, load average {load:.2f} at the end\n")
-    print("| protocol | cells | total s | " + " | ".join(ITEMS) + " |")
-    print("|---|---:|---:|" + "---:|" * len(ITEMS))
-    for protocol, cells, total, split, *_ in rows:
+    print("| protocol | cg_columns | cells | total s | " + " | ".join(ITEMS) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(ITEMS))
+    for protocol, cg_columns, cells, total, split, *_ in rows:
         parts = [f"{split[k]:.1f} ({100 * split[k] / total:.0f} %)" if split[k] >= 0.05 else "–" for k in ITEMS]
-        print(f"| {protocol} | {cells} | {total:.1f} | " + " | ".join(parts) + " |")
+        print(f"| {protocol} | {cg_columns} | {cells} | {total:.1f} | " + " | ".join(parts) + " |")
     print("\nsolve by pruner (s), calls per item, and the cells' own logged timings (s, summed) as a cross-check:")
-    for protocol, _, _, _, calls, logged, detail in rows:
-        print(f"  {protocol}: " + ", ".join(f"{k}: {v:.1f}" for k, v in sorted(detail.items())))
-        print(f"  {protocol}: calls {dict(sorted(calls.items()))}")
-        print(f"  {protocol}: logged {{" + ", ".join(f"{k}: {v:.1f}" for k, v in logged.items()) + "}")
+    for protocol, cg_columns, _, _, _, calls, logged, detail in rows:
+        print(f"  {protocol} ({cg_columns}): " + ", ".join(f"{k}: {v:.1f}" for k, v in sorted(detail.items())))
+        print(f"  {protocol} ({cg_columns}): calls {dict(sorted(calls.items()))}")
+        print(f"  {protocol} ({cg_columns}): logged {{" + ", ".join(f"{k}: {v:.1f}" for k, v in logged.items()) + "}")
+    if args.compare:
+        print("\ncg_columns all → support, seconds (×: all / support), measured in this one run:")
+        print("| protocol | lr + swap solve | solve | total |")
+        print("|---|---:|---:|---:|")
+        by = {(r[0], r[1]): r for r in rows}
+        for protocol in dict.fromkeys(r[0] for r in rows):
+            old, new = by[(protocol, "all")], by[(protocol, "support")]
+
+            def regression(row):
+                return sum(v for k, v in row[7].items() if k in ("solve/lr", "solve/swap"))
+
+            figures = [(regression(old), regression(new)), (old[4]["solve"], new[4]["solve"]), (old[3], new[3])]
+            print(f"| {protocol} | " + " | ".join(f"{a:.1f} → {b:.1f} ({a / b:.2f}×)" for a, b in figures) + " |")
 
 
 if __name__ == "__main__":

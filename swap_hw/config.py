@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .registry import ADDED_LATER, CLEAN, DIGITAL, ONE_SHOT, Component, LaterDefaultsOmitted
 from .data import DataSplits
+from .device import AUTO, check_device, free_memory_mb
 from .digest import file_digest, tensors_digest
 from .errors import ConfigError, ParameterError, validation_problem
 from .models import ARCHITECTURES, factory
@@ -158,10 +159,26 @@ class CalibrationConfig(Strict):
             raise ValueError(f"spill_dir is not a directory: {v}")
         return v
 
-    def storage(self) -> dict[str, Any]:
-        """Keyword arguments of GradientSource.collect saying how X is held."""
-        return {"memory_budget_mb": self.memory_budget_mb, "over_budget": self.over_budget,
-                "spill_dir": self.spill_dir}
+    def storage(self, device: Any = None) -> dict[str, Any]:
+        """Keyword arguments of GradientSource.collect saying how X is held on `device` (a
+        torch.device; None = the CPU). On a CUDA device X lives in the device's memory, so a budget
+        the user did not set is derived from what the device has free (`gpu_memory_budget_mb`)."""
+        budget = self.memory_budget_mb
+        if device is not None and "memory_budget_mb" not in self.model_fields_set:
+            budget = gpu_memory_budget_mb(device) or budget
+        return {"memory_budget_mb": budget, "over_budget": self.over_budget, "spill_dir": self.spill_dir}
+
+
+# Share of a GPU's free memory a dense X may take when calibration.memory_budget_mb is not set: the
+# rest holds what is made from X while a cell runs (a noisy copy of it, Gram blocks, the model).
+GPU_BUDGET_SHARE = 0.25
+
+
+def gpu_memory_budget_mb(device: Any) -> float | None:
+    """The default gradient-matrix budget on a CUDA device: GPU_BUDGET_SHARE of its free memory
+    (MiB) when the cell starts; None for the CPU, whose default stays the fixed 2048 MiB."""
+    free = free_memory_mb(device)
+    return None if free is None else GPU_BUDGET_SHARE * free
 
 
 class OutputConfig(Strict):
@@ -200,7 +217,16 @@ class ScenarioFile(Strict):
     multi_stage: dict[str, Any] | None = Field(None, description="settings of protocol multi_stage (older form)")
     finetune: dict[str, Any] | None = Field(None, description="settings of protocol gradual (older form)")
     output: OutputConfig = Field(default_factory=OutputConfig)
+    device: str = Field(
+        AUTO, description="where the cells are computed: auto (the first CUDA device when torch sees one, "
+        "else the CPU; decided in each worker), cpu, cuda or cuda:N. Not part of the cell keys or the "
+        "run id; recorded with the run (docs/gpu.md)"
+    )
 
+    @field_validator("device")
+    @classmethod
+    def _device_available(cls, v: str) -> str:
+        return check_device(v)  # a ParameterError is a ValueError: reported as "file: device: ..."
 
 
 @dataclass(frozen=True)
@@ -254,7 +280,8 @@ class Scenario:
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved configuration: defaults filled, lists expanded. Saved with results."""
-        out = self.spec.model_dump(mode="json", exclude={"multi_stage", "finetune"})
+        # where the cells are computed is not what they are: `device` is recorded with the run instead
+        out = self.spec.model_dump(mode="json", exclude={"multi_stage", "finetune", "device"})
         out["name"] = self.name
         out["protocol"] = self.protocol.describe()
         if self.spec.model.factory is not None:  # the factory stands in for the architecture

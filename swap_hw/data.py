@@ -72,7 +72,7 @@ def draw_examples(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[
     """n of the examples (x, y) drawn without replacement with `seed`, in their original order."""
     total = x.shape[0]
     idx = numpy_rng(seed).permutation(total)[: min(n, total)]
-    idx_t = torch.as_tensor(np.sort(idx))
+    idx_t = torch.as_tensor(np.sort(idx), device=x.device)  # x may live on a GPU (swap_hw.device)
     return x[idx_t], y[idx_t]
 
 

@@ -24,7 +24,10 @@ def derive_seed(root: int, *keys: object) -> int:
 
 
 def torch_generator(seed: int) -> torch.Generator:
-    """A CPU generator seeded with `seed`; pass it to every torch random call that accepts one."""
+    """A CPU generator seeded with `seed`; pass it to every torch random call that accepts one,
+    with device="cpu" (inside a GPU's device scope a call naming no device would ask this generator
+    for a CUDA tensor and fail), and move the draw to where it is used: a draw is then the same
+    numbers on any device (docs/gpu.md lists these draws)."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed) % (2**63))
     return gen
@@ -42,6 +45,9 @@ def torch_global_seed(seed: int) -> Iterator[None]:
     and read noise, torchattacks' random starts).
     """
     torch_state = torch.random.get_rng_state()
+    # torch.manual_seed seeds every CUDA device's generator too (aihwkit's tiles on a GPU draw from
+    # those), so theirs are restored as well once CUDA is in use; untouched on a CPU-only run
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     py_state = random.getstate()
     np_state = np.random.get_state()
     torch.manual_seed(int(seed) % (2**63))
@@ -51,5 +57,7 @@ def torch_global_seed(seed: int) -> Iterator[None]:
         yield
     finally:
         torch.random.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
         random.setstate(py_state)
         np.random.set_state(np_state)

@@ -70,6 +70,8 @@ class Study:
     `model.train` mapping, for models trained here), name: as in a scenario file.
     db:         None = a temporary database that lives as long as the Study or its Results; a path
                 = that SQLite store (resumable: running again computes only missing cells).
+    device:     where the cells are computed: "auto" (a GPU when torch sees one), "cpu", "cuda",
+                "cuda:N"; None = the scenario default, auto. Not part of the cells' identity (docs/gpu.md).
     Bad arguments raise ParameterError naming the field and what is allowed, before any work.
     """
 
@@ -79,7 +81,7 @@ class Study:
                  protocol: Any = "one_shot", repeats: int = 3, seed: int = 0, calibration: Any = None,
                  data: Any = None, train_settings: dict | None = None, prune_layers: Any = None,
                  n_classes: int | None = None, name: str = "study", db: str | Path | None = None,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, device: str | None = None):
         if (train is None) != (test is None):
             raise ParameterError("train/test: give both (your data) or neither (the `data` mapping)")
         model_object = model if isinstance(model, nn.Module) else None
@@ -109,6 +111,7 @@ class Study:
             "sources": _entries(sources, "sources"), "pruners": _entries(pruners, "pruners"),
             "sparsities": list(sparsities), "conditions": _entries(conditions, "conditions"),
             "protocol": entry(protocol),
+            **({"device": device} if device is not None else {}),
         }
         data_splits = inputs.splits(train, test, n_classes) if train is not None else None
         self._init(config, InlineInputs.of(model_object, data_splits) if (model_object or data_splits) else None,

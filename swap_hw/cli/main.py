@@ -107,7 +107,8 @@ def cmd_run(args) -> int:
     from ..results.store import Store
     from ..sweep.run import run_scenario
 
-    scenario = load_scenario(args.scenario, args.overrides)  # validates everything before any work
+    # validates everything before any work
+    scenario = load_scenario(args.scenario, args.overrides + cli_sweeps.device_override(args))
     console = make_console()
     if args.dry_run:
         return cli_sweeps.dry_run(scenario, args.db, console)

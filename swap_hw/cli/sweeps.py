@@ -1,5 +1,5 @@
 """The sweep parts of the command line (kept apart from cli.py so both stay small):
-`run --dry-run`, `run --workers/--executor/--address`, `report --compare`, `report --plot`, `export`.
+`run --dry-run`, `run --workers/--executor/--address/--device`, `report --compare`, `report --plot`, `export`.
 Thin like cli.py: parse, call swap_hw, print.
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 from pathlib import Path
 
 from ..errors import RunFault, SwapHwError
@@ -23,6 +24,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--threads", type=int, default=1, metavar="T",
                      help="torch intra-op threads per process (default 1: the simulated models are small and "
                           "thread hand-offs cost more than they save; parallelism comes from --workers)")
+    run.add_argument("--device", metavar="DEVICE",
+                     help="where cells are computed, instead of the scenario's `device`: auto, cpu, cuda or cuda:N "
+                          "(not part of the cells' identity; see docs/gpu.md)")
 
 
 def add_report_arguments(rep: argparse.ArgumentParser) -> None:
@@ -96,6 +100,13 @@ def check_metric(metric: str, records: list[dict], flag: str, db: str, run_id: s
     have = sorted({r["metric"] for r in records})
     if have and metric not in have:
         raise SwapHwError(f"{db}: {flag} {metric!r}: run {run_id} holds no such metric; valid: {', '.join(have)}")
+
+
+def device_override(args) -> list[str]:
+    """`--device X` as the `--set` override it stands for (validated with the scenario, so a device
+    this machine lacks is refused before any work, naming the field `device`)."""
+    device = getattr(args, "device", None)
+    return [] if device is None else [f"device={json.dumps(device)}"]  # quoted: YAML reads it as text
 
 
 def executor_from_args(args):

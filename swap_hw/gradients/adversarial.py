@@ -77,7 +77,8 @@ class AdversarialSource(GradientSource):
         n = int(x.shape[0])
         m = int(round(p.fraction * n))
         gen = torch_generator(derive_seed(seed, "adversarial-choice"))
-        chosen = torch.randperm(n, generator=gen)[:m].sort().values
+        # drawn on the CPU (the generator's device) and moved: the same examples on any device
+        chosen = torch.randperm(n, generator=gen, device="cpu")[:m].sort().values.to(x.device)
         x_sel, y_sel = x[chosen], y[chosen]
         x_adv = craft_adversarial(model, x_sel, y_sel, p, p.eps, derive_seed(seed, "adversarial-craft"))
         x_out = x.clone()

@@ -43,7 +43,7 @@ def add_gaussian_gradient_noise(
     for start in range(0, n, chunk_rows):
         rows = out[start : start + chunk_rows]
         scale = std * rows.std(dim=1, correction=0, keepdim=True)
-        idx, xi = gaussian_noise_draws(seed, start, start + rows.shape[0], d, m)
+        idx, xi = gaussian_noise_draws(seed, start, start + rows.shape[0], d, m, device=rows.device)
         rows.scatter_add_(1, idx, xi.to(rows.dtype) * scale)
     return out, m
 
@@ -53,17 +53,20 @@ def noisy_count(d: int, prop: float) -> int:
     return min(d, max(1, int(round(prop * d)))) if d else 0
 
 
-def gaussian_noise_draws(seed: int, start: int, stop: int, d: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_noise_draws(seed: int, start: int, stop: int, d: int, m: int,
+                         device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(index, ξ), each (stop−start, m): the noisy coordinates and standard-normal draws of rows
-    start..stop−1. Row i uses only its own generator, seeded by derive_seed(seed, "row", i)."""
-    index = torch.empty((stop - start, m), dtype=torch.long)
-    xi = torch.empty((stop - start, m), dtype=torch.float32)
+    start..stop−1, on `device`. Row i uses only its own generator, seeded by
+    derive_seed(seed, "row", i). Drawn on the CPU whatever `device` is, then moved: a CUDA
+    generator gives other numbers for the same seed, and the noise must not depend on the device."""
+    index = torch.empty((stop - start, m), dtype=torch.long, device="cpu")
+    xi = torch.empty((stop - start, m), dtype=torch.float32, device="cpu")
     for r, i in enumerate(range(start, stop)):
         gen = torch_generator(derive_seed(seed, "row", i))
         # m smallest of d uniform keys = a uniform m-subset, fresh per row.
-        index[r] = torch.rand(d, generator=gen).topk(m, largest=False).indices
-        xi[r] = torch.randn(m, generator=gen)
-    return index, xi
+        index[r] = torch.rand(d, generator=gen, device="cpu").topk(m, largest=False).indices
+        xi[r] = torch.randn(m, generator=gen, device="cpu")
+    return index.to(device), xi.to(device)
 
 
 @GRADIENT_SOURCES.register("gaussian")
@@ -104,7 +107,7 @@ class GaussianSource(GradientSource):
         scale = self.params.std * sigma
 
         def draw(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-            idx, xi = gaussian_noise_draws(seed, start, stop, d, m)
+            idx, xi = gaussian_noise_draws(seed, start, stop, d, m, device=scale.device)
             return idx, xi * scale[start:stop, None]
 
         noisy = SparseRowNoise(operator, draw, per_row=m)

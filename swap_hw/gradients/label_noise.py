@@ -72,22 +72,23 @@ def corrupt_labels(
 
     if kind == "asymmetric":
         mapping = _checked_mapping(mapping, n_classes)
-        sources = torch.tensor(sorted(mapping), dtype=torch.int64)
+        sources = torch.tensor(sorted(mapping), dtype=torch.int64, device=y.device)
         eligible = torch.nonzero(torch.isin(y, sources)).flatten()
     else:
-        eligible = torch.arange(y.numel())
+        eligible = torch.arange(y.numel(), device=y.device)
     m = int(round(rate * eligible.numel()))
-    chosen = eligible[torch.randperm(eligible.numel(), generator=gen)[:m]]
+    # drawn on the CPU (the generator's device) and moved: the same labels flip on any device
+    chosen = eligible[torch.randperm(eligible.numel(), generator=gen, device="cpu")[:m].to(y.device)]
 
     y_noisy = y.clone()
     if kind == "symmetric":
         # Uniform over the C − 1 other classes: add an offset in 1 … C−1 modulo C.
-        offset = torch.randint(1, n_classes, (m,), generator=gen)
+        offset = torch.randint(1, n_classes, (m,), generator=gen, device="cpu").to(y.device)
         y_noisy[chosen] = (y[chosen] + offset) % n_classes
     elif kind == "pairflip":
         y_noisy[chosen] = (y[chosen] + 1) % n_classes
     else:
-        lookup = torch.arange(n_classes)
+        lookup = torch.arange(n_classes, device=y.device)
         for src, dst in mapping.items():
             lookup[src] = dst
         y_noisy[chosen] = lookup[y[chosen]]
@@ -160,7 +161,7 @@ class LabelNoiseSource(GradientSource):
             "realised_rate": float(changed.sum()) / n,
         }
         if p.kind == "asymmetric":
-            sources = torch.tensor(sorted(_checked_mapping(p.mapping, n_classes)))
+            sources = torch.tensor(sorted(_checked_mapping(p.mapping, n_classes)), device=y.device)
             eligible = int(torch.isin(y, sources).sum())
             provenance["label_noise"]["eligible"] = eligible
             provenance["label_noise"]["rate_among_eligible"] = (

@@ -154,7 +154,7 @@ class PerSampleGradientOperator(GradientOperator):
         from torch.func import jvp
 
         tangent = {k: t.to(self.pruned[k].dtype) for k, t in self.layout.unflatten(v.reshape(-1)).items()}
-        out = torch.empty(self.n, dtype=torch.float32)
+        out = torch.empty(self.n, dtype=torch.float32, device=self.x.device)
         with self._eval():
             for start, stop in self._chunks():
                 xb, yb = self.x[start:stop], self.y[start:stop]
@@ -165,7 +165,7 @@ class PerSampleGradientOperator(GradientOperator):
     def _rmatvec1(self, u: torch.Tensor) -> torch.Tensor:
         from torch.func import vjp
 
-        total = torch.zeros(self.d, dtype=torch.float32)
+        total = torch.zeros(self.d, dtype=torch.float32, device=self.x.device)
         u = u.reshape(-1)
         with self._eval():
             for start, stop in self._chunks():
@@ -225,14 +225,14 @@ class SparseRowNoise(GradientOperator):
                 yield (s, e, *self.draw(s, e))
 
     def _noise_matvec1(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(self.n, dtype=torch.float32)
+        out = torch.zeros(self.n, dtype=torch.float32, device=v.device)
         v = v.reshape(-1).float()
         for s, e, index, values in self.noise_blocks():
             out[s:e] = (values * v[index]).sum(dim=1)
         return out
 
     def _noise_rmatvec1(self, u: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(self.d, dtype=torch.float32)
+        out = torch.zeros(self.d, dtype=torch.float32, device=u.device)
         u = u.reshape(-1).float()
         for s, e, index, values in self.noise_blocks():
             out.index_add_(0, index.reshape(-1), (values * u[s:e, None]).reshape(-1))
@@ -313,11 +313,15 @@ def iter_row_blocks(op: GradientOperator, chunk: int | None = None) -> Iterator[
 def row_statistics(op: GradientOperator, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(σ, ‖·‖²) of every row of `op`: population std of the row's d entries and its squared
     norm, from one streaming pass over row blocks (each block recomputed, then dropped)."""
-    sigma = torch.empty(op.n, dtype=torch.float32)
-    sq_norm = torch.empty(op.n, dtype=torch.float32)
+    sigma = sq_norm = None
     for start, stop, block in iter_row_blocks(op, chunk):
+        if sigma is None:  # on the device the rows come from
+            sigma = torch.empty(op.n, dtype=torch.float32, device=block.device)
+            sq_norm = torch.empty(op.n, dtype=torch.float32, device=block.device)
         sigma[start:stop] = block.std(dim=1, correction=0)
         sq_norm[start:stop] = block.pow(2).sum(dim=1)
+    if sigma is None:  # no rows at all
+        sigma, sq_norm = torch.empty(0, dtype=torch.float32), torch.empty(0, dtype=torch.float32)
     return sigma, sq_norm
 
 

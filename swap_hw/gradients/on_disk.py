@@ -18,6 +18,10 @@ the operator is dropped or the process dies, even by SIGKILL, so an interrupted 
 products and everything streamed from them see the same numbers the source produced — noise
 included, since the rows are taken from the (possibly noisy) operator once.
 
+On a GPU (swap_hw.device) the file is read into host memory as here and each block is moved to
+the device of the vector it multiplies; `rows` and `columns` come back on the device X was
+collected on.
+
 Resident memory stays at one block of rows (`block_mb`, 256 MiB by default, one buffer reused by
 every product) plus the vectors; reads go through `os.preadv` into that buffer, not `mmap`, so the
 page cache the reads warm is not counted against the process.
@@ -52,9 +56,10 @@ class OnDiskRows(GradientOperator):
     Built by `spill(operator, directory)`, which streams `operator.rows` once.
     """
 
-    def __init__(self, handle, n: int, d: int, block_mb: float = 256.0):
+    def __init__(self, handle, n: int, d: int, block_mb: float = 256.0, device: torch.device | str = "cpu"):
         self._file = handle  # the open, already unlinked file; closing it frees the disk space
         self.n, self.d = int(n), int(d)
+        self.device = torch.device(device)  # where `rows` / `columns` are handed out (X's device)
         self._block_rows = int(max(1, min(self.n or 1, (block_mb * 2**20) // max(1, 4 * self.d))))
         # Products read every block into this one buffer: a fresh 256 MiB tensor per block costs
         # its page faults each time, which measured 3–4× slower than reading from the page cache.
@@ -67,7 +72,8 @@ class OnDiskRows(GradientOperator):
         """(start, stop, rows) over all rows for products; `rows` is a view of the reused buffer,
         valid until the next step."""
         if self._buffer is None:
-            self._buffer = torch.empty((self._block_rows, self.d), dtype=torch.float32)
+            # host memory: the file is read into it through numpy's buffer (a GPU tensor has none)
+            self._buffer = torch.empty((self._block_rows, self.d), dtype=torch.float32, device="cpu")
         view = memoryview(self._buffer.numpy()).cast("B")
         for start in range(0, self.n, self._block_rows):
             stop = min(start + self._block_rows, self.n)
@@ -76,21 +82,21 @@ class OnDiskRows(GradientOperator):
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         start, stop = max(0, int(start)), min(int(stop), self.n)
-        block = torch.empty((max(0, stop - start), self.d), dtype=torch.float32)
+        block = torch.empty((max(0, stop - start), self.d), dtype=torch.float32, device="cpu")
         self._read(memoryview(block.numpy()).cast("B"), start * self.d * 4)
-        return block
+        return block.to(self.device)
 
     cheap_columns = True
 
     def columns(self, start: int, stop: int) -> torch.Tensor:
         """X[:, start:stop]: one read of (stop − start)·4 bytes per row, n reads in all."""
         start, stop = max(0, int(start)), min(int(stop), self.d)
-        block = torch.empty((self.n, max(0, stop - start)), dtype=torch.float32)
+        block = torch.empty((self.n, max(0, stop - start)), dtype=torch.float32, device="cpu")
         width = block.shape[1] * 4
         view = memoryview(block.numpy()).cast("B")
         for i in range(self.n):
             self._read(view[i * width : (i + 1) * width], (i * self.d + start) * 4)
-        return block
+        return block.to(self.device)
 
     def _read(self, view: memoryview, offset: int) -> None:
         """Fill `view` from the file at byte `offset` (preadv may return fewer bytes than asked)."""
@@ -104,17 +110,17 @@ class OnDiskRows(GradientOperator):
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """X v for v of length d, or X V for V of d×m: one pass over the file either way."""
         v2 = v.reshape(self.d, -1).to(torch.float32)
-        out = torch.empty((self.n, v2.shape[1]), dtype=torch.float32)
+        out = torch.empty((self.n, v2.shape[1]), dtype=torch.float32, device=v2.device)
         for start, stop, block in self._blocks():
-            torch.mm(block, v2, out=out[start:stop])
+            torch.mm(block.to(v2.device), v2, out=out[start:stop])  # .to: nothing on the CPU
         return out.reshape(self.n) if v.dim() == 1 else out
 
     def rmatvec(self, u: torch.Tensor) -> torch.Tensor:
         """Xᵀ u for u of length n, or Xᵀ U for U of n×m: one pass over the file either way."""
         u2 = u.reshape(self.n, -1).to(torch.float32)
-        total = torch.zeros((self.d, u2.shape[1]), dtype=torch.float32)
+        total = torch.zeros((self.d, u2.shape[1]), dtype=torch.float32, device=u2.device)
         for start, stop, block in self._blocks():
-            total.addmm_(block.T, u2[start:stop])
+            total.addmm_(block.to(u2.device).T, u2[start:stop])
         return total.reshape(self.d) if u.dim() == 1 else total
 
 
@@ -139,9 +145,11 @@ def spill(operator: GradientOperator, directory: str | os.PathLike | None = None
         handle = tempfile.TemporaryFile(dir=where, prefix="swap_hw-X-")  # unlinked on creation (POSIX)
     except OSError as exc:
         raise SpillError(f"calibration.spill_dir: cannot create a file in {where!r}: {exc.strerror}") from None
+    device = torch.device("cpu")
     try:
         for _, _, block in iter_row_blocks(operator):
-            handle.write(memoryview(block.contiguous().numpy()).cast("B"))
+            device = block.device  # X's device: rows read back are handed out there
+            handle.write(memoryview(block.detach().contiguous().cpu().numpy()).cast("B"))
         handle.flush()
     except OSError as exc:  # e.g. the disk filled up under another writer
         handle.close()
@@ -149,4 +157,4 @@ def spill(operator: GradientOperator, directory: str | os.PathLike | None = None
     except BaseException:
         handle.close()
         raise
-    return OnDiskRows(handle, operator.n, operator.d, block_mb=block_mb)
+    return OnDiskRows(handle, operator.n, operator.d, block_mb=block_mb, device=device)

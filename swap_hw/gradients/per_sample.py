@@ -205,7 +205,7 @@ def _batched_per_sample_gradients(
     verify: bool,
 ) -> torch.Tensor:
     n = x.shape[0]
-    X = torch.empty((n, layout.d), dtype=torch.float32)
+    X = torch.empty((n, layout.d), dtype=torch.float32, device=x.device)  # X lives where the batch does
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def recorder(name: str):
@@ -283,7 +283,7 @@ def _torch_func_per_sample_gradients(
 
     per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
     n = x.shape[0]
-    X = torch.empty((n, layout.d), dtype=torch.float32)
+    X = torch.empty((n, layout.d), dtype=torch.float32, device=x.device)  # X lives where the batch does
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
         g = per_sample(pruned, x[start:stop], y[start:stop])

@@ -70,7 +70,8 @@ def train_model(
     model.train()
     n = x.shape[0]
     for _ in range(int(epochs)):
-        perm = torch.randperm(n, generator=gen)
+        # the order is drawn on the CPU (the generator's device) and moved: the same on any device
+        perm = torch.randperm(n, generator=gen, device="cpu").to(x.device)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
             opt.zero_grad(set_to_none=True)

@@ -583,8 +583,10 @@ def stuck_cell_codes(shape: tuple[int, ...], fraction: float, stuck_at: str, see
     """
     n_cells = math.prod(shape)
     m = int(round(fraction * n_cells))
-    chosen = torch.randperm(n_cells, generator=torch_generator(seed))[:m]
-    codes = torch.zeros(n_cells, dtype=torch.int8)
+    # on the CPU whatever the default device: the defect map must not depend on the device
+    # (StuckCells moves the codes to each tile's device when it applies them)
+    chosen = torch.randperm(n_cells, generator=torch_generator(seed), device="cpu")[:m]
+    codes = torch.zeros(n_cells, dtype=torch.int8, device="cpu")
     if stuck_at == "zero":
         codes[chosen] = STUCK_ZERO
     elif stuck_at == "max":
@@ -810,7 +812,8 @@ class AnalogModel:
             pname = f"{name}.weight" if name else "weight"
             codes = self._stuck.get(pname)
             shape = params[pname].shape
-            out[pname] = torch.zeros(shape, dtype=torch.int8) if codes is None else codes.reshape(shape).clone()
+            healthy = torch.zeros(shape, dtype=torch.int8, device="cpu")  # where the drawn codes live
+            out[pname] = healthy if codes is None else codes.reshape(shape).clone()
         return out
 
     def stuck_fraction(self) -> float:
@@ -860,6 +863,14 @@ class AnalogModel:
             return accuracy_and_loss(self.analog, x, y)
 
 
+def on_device_of(analog: nn.Module, digital: nn.Module) -> nn.Module:
+    """`analog` on the device of `digital`'s parameters. aihwkit's convert_to_analog already moves
+    each analog layer to its digital layer's device; this makes it explicit for the pure-PyTorch
+    tiles (which follow `.to`), and is nothing at all on the CPU, where the tiles are made."""
+    device = next((p.device for p in digital.parameters()), torch.device("cpu"))
+    return analog if device.type == "cpu" else analog.to(device)
+
+
 def program(model: nn.Module, config: HardwareConfig, seed: int) -> AnalogModel:
     """Copy `model` onto analog tiles and program them once (programming noise + ν draws), seeded.
 
@@ -879,7 +890,7 @@ def program(model: nn.Module, config: HardwareConfig, seed: int) -> AnalogModel:
         for name, m in digital.named_modules()
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups != 1
     ]
-    analog = convert_to_analog(digital, rpu, inplace=False, exclude_modules=grouped)
+    analog = on_device_of(convert_to_analog(digital, rpu, inplace=False, exclude_modules=grouped), digital)
     analog.eval()
     if config.keep_pruned_zero:
         wrap = _unprogrammed_zeros_class()

@@ -64,7 +64,7 @@ from ..errors import ParameterError
 from ..models import enforce_masks, train_model
 from ..registry import Params
 from ..seeding import derive_seed, torch_global_seed
-from .hardware import HardwareConfig, _analog_layers, _tile_grid, build_rpu_config
+from .hardware import HardwareConfig, _analog_layers, _tile_grid, build_rpu_config, on_device_of
 
 HWANoiseType = Literal["add_normal", "mult_normal", "none"]
 
@@ -187,6 +187,7 @@ def _to_analog(model: nn.Module, config: HWAConfig) -> nn.Module:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ParameterError(f"HWA fine-tuning cannot put {type(model).__name__} on aihwkit's analog tiles "
                              f"({type(exc).__name__}: {first}); use digital fine-tuning (leave out hwa)") from None
+    analog = on_device_of(analog, model)
     for p in analog.parameters():
         p.requires_grad_(True)
     return analog

@@ -11,13 +11,14 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from ..config import Scenario, sparsity_label
 from ..deploy import Condition, Measurement
+from ..device import device_scope, resolve_device
 from ..digest import tensors_digest
 from ..errors import RunFault
 from ..gradients import GradientSet
@@ -95,7 +96,8 @@ def prune_cell(prep: Prepared, source: int, pruner: int, sparsity: float | str, 
     if member.needs_gradients and batch is None:
         batch = calibration_batch(prep, replicate)
     job = PruneJob(model=prep.dense, layout=prep.layout, source=scenario.sources[source], calibration=batch,
-                   seed=prep.seeds.source(replicate), grads=grads, storage=scenario.spec.calibration.storage(),
+                   seed=prep.seeds.source(replicate), grads=grads,
+                   storage=scenario.spec.calibration.storage(prep.device),
                    training=training_context(prep, replicate) if member.needs_training else None,
                    train_split=(prep.splits.x_train, prep.splits.y_train))
     where = (f"pruner {member.label} at sparsity {sparsity_label(sparsity)}, source {scenario.sources[source].label}, "
@@ -160,6 +162,29 @@ def _cell_record(scenario: Scenario, cell: CellSpec, measurements: list[Measurem
     )
 
 
+def in_device_scope(steps: Iterator[CellRecord], device: torch.device) -> Iterator[CellRecord]:
+    """The items of `steps`, each computed inside `device_scope(device)`. The scope is left at every
+    yield: it is a mode on torch's (thread-wide) stack, and the caller's code between two records
+    (writing them to the store, reporting progress) must neither run in it nor push modes over it."""
+    while True:
+        with device_scope(device):
+            try:
+                item = next(steps)
+            except StopIteration:
+                return
+        yield item
+
+
+def execute_units(prep: Prepared, units: Iterable[WorkUnit], todo: set[str]) -> Iterator[CellRecord]:
+    """The records of the unfinished cells of `units`, computed on the scenario's device: the dense
+    model and the data are moved there once (`Prepared.on_device`) and every step runs in its
+    `device_scope`. `auto` is resolved here, in the process doing the work."""
+    device = resolve_device(prep.scenario.spec.device)
+    on_device = prep.on_device(device)
+    for unit in units:
+        yield from in_device_scope(execute_unit(on_device, unit, todo), device)
+
+
 def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[CellRecord]:
     """Compute the unfinished cells of one work unit, yielding each as soon as it is done."""
     scenario = prep.scenario
@@ -188,7 +213,7 @@ def execute_unit(prep: Prepared, unit: WorkUnit, todo: set[str]) -> Iterator[Cel
         t0 = time.perf_counter()
         batch = calibration_batch(prep, unit.replicate)
         grads = scenario.sources[unit.source].collect(prep.dense, batch, prep.seeds.source(unit.replicate),
-                                                      prep.layout, **scenario.spec.calibration.storage())
+                                                      prep.layout, **scenario.spec.calibration.storage(prep.device))
         grad_seconds = time.perf_counter() - t0
 
     by_prune: dict[tuple[int, Any], list[CellSpec]] = {}

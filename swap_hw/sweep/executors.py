@@ -41,7 +41,8 @@ from ..config import Scenario
 from ..digest import tensors_digest
 from ..errors import SwapHwError
 from ..registry import DENSE
-from .cell import compute_threads, execute_unit
+from ..device import resolve_device
+from .cell import compute_threads, execute_units
 from .plan import CellSpec, WorkUnit, plan_cells
 from .prepare import Prepared, prepare
 from ..results.store import CellRecord, Store
@@ -57,12 +58,15 @@ _WORKER_STATE: dict[str, tuple[Prepared, str]] = {}
 
 
 def _prepared_in_worker(scenario: Scenario) -> tuple[Prepared, str]:
-    key = scenario.config_hash()
+    """The worker's prepared scenario, already on the device its cells run on (resolved here, so
+    `auto` picks this worker's GPU), and the digest of its dense model as prepare() left it."""
+    key = f"{scenario.config_hash()}@{scenario.spec.device}"  # the device is not in the run id
     state = _WORKER_STATE.get(key)
     if state is None:
         _WORKER_STATE.clear()
         prep = prepare(scenario)
-        state = (prep, tensors_digest(prep.dense.state_dict()))
+        digest = tensors_digest(prep.dense.state_dict())  # on the CPU, before moving: any device agrees
+        state = (prep.on_device(resolve_device(scenario.spec.device)), digest)
         _WORKER_STATE[key] = state
     return state
 
@@ -83,7 +87,7 @@ def compute_unit(scenario: Scenario, unit: WorkUnit, keys: Iterable[str], dense_
             f"worker {os.uname().nodename}:{os.getpid()} has a different dense model ({digest}) than the "
             f"coordinator ({dense_digest}); put output.cache_dir ({scenario.spec.output.cache_dir}) on a "
             "filesystem every worker shares")
-    return list(execute_unit(prep, unit, set(keys)))
+    return list(execute_units(prep, [unit], set(keys)))
 
 
 def _init_pool_worker(torch_threads: int) -> None:
@@ -138,8 +142,7 @@ class LocalExecutor(Executor):
 
     def records(self, prep: Prepared, units: list[WorkUnit], todo: set[str]) -> Iterator[CellRecord]:
         with compute_threads(self.torch_threads):
-            for unit in units:
-                yield from execute_unit(prep, unit, todo)
+            yield from execute_units(prep, units, todo)
 
 
 def _pool_context(start_method: str | None):

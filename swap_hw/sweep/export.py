@@ -36,6 +36,7 @@ import yaml
 from ..config import Scenario, parse_scenario_text, sparsity_label
 from ..errors import RunFault, SwapHwError
 from ..results.store import Store
+from ..device import device_scope, resolve_device
 from .cell import PrunedCell, compute_threads, prune_cell
 from .prepare import Prepared, prepare
 
@@ -135,9 +136,12 @@ def verified_cell(scenario: Scenario, choice: CellChoice, prep: Prepared | None 
     """The chosen cell's pruned model computed again, checked bit for bit against the weights'
     digest the run recorded (or, for cells stored without one, against the realised sparsity)."""
     prep = prep or prepare(scenario)
-    # the thread count the run computed the cell with (1 for cells stored before it was recorded)
-    with compute_threads((choice.stored["prune_log"] or {}).get("threads", 1)):
-        cell = prune_cell(prep, choice.source, choice.pruner, choice.sparsity, choice.replicate)
+    # on the scenario's device (a GPU's last bits differ from the CPU's, so the digest of a cell run
+    # on a GPU is met only on one), at the thread count the run computed the cell with (1 for cells
+    # stored before it was recorded)
+    device = resolve_device(scenario.spec.device)
+    with compute_threads((choice.stored["prune_log"] or {}).get("threads", 1)), device_scope(device):
+        cell = prune_cell(prep.on_device(device), choice.source, choice.pruner, choice.sparsity, choice.replicate)
     digest = cell.log["weights_sha"]
     expected = (choice.stored["prune_log"] or {}).get("weights_sha")
     if expected is not None and digest != expected:
@@ -191,8 +195,9 @@ def export_pruned(db: str | Path, run: str | None, pruner: str, sparsity: str, s
         choice = choose_cell(store, run_id, scenario, pruner, sparsity, seed, source)
     cell, prep = verified_cell(scenario, choice)
     model, result, log = cell.model, cell.result, cell.log
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    masks = {k: v.clone().to(torch.bool) for k, v in result.masks.items()}
+    # the file holds CPU tensors whatever device recomputed them (torch.load needs no map_location)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    masks = {k: v.cpu().clone().to(torch.bool) for k, v in result.masks.items()}
     target = log.get("sparsity_target", log.get("auto_target"))
     spec = scenario.spec
     pruner_c, source_c = scenario.pruners[choice.pruner], scenario.sources[choice.source]

@@ -9,6 +9,7 @@ returns just those). `prepare` and `validate` both call it, so the checks are wr
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,6 +41,21 @@ class Prepared:
     init_state: dict[str, torch.Tensor] = field(default_factory=dict)
     # legal but suspicious inputs, each "field: message" (see checked_inputs); stored with the run
     warnings: list[str] = field(default_factory=list)
+    # where `dense`, `splits` and `init_state` live: prepare() leaves them on the CPU (the dense model
+    # is trained and cached there, so its cache and digest do not depend on the device), on_device()
+    # moves them once for the cells
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def on_device(self, device: torch.device) -> "Prepared":
+        """This Prepared with the dense model, the data splits and the initial weights moved to
+        `device`, once, for every cell computed there; itself when they are there already."""
+        if device == self.device:
+            return self
+        dense = copy.deepcopy(self.dense).to(device)  # the caller's (CPU) model stays as it is
+        splits = dataclasses.replace(self.splits, **{name: getattr(self.splits, name).to(device)
+                                                     for name in ("x_train", "y_train", "x_test", "y_test")})
+        init_state = {k: v.to(device) for k, v in self.init_state.items()}
+        return dataclasses.replace(self, dense=dense, splits=splits, init_state=init_state, device=device)
 
     def describe(self) -> dict:
         """What the run works on, for the reader of its table: the data (sizes, input shape and

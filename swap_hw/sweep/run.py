@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Scenario
+from ..device import describe_device, resolve_device
 from ..results.store import Store
 from .executors import Executor, LocalExecutor
 from .plan import group_cells, plan_cells
@@ -86,7 +87,10 @@ def run_scenario(scenario: Scenario, db: str | None = None, on_event: Event | No
         store.start_run(run_id, scenario.name, scenario.file, scenario.text, scenario.resolved(),
                         scenario.spec.seed, package_versions(), git_commit())
         if prep is not None:
-            store.set_run_info(run_id, prep.describe())
+            # the device asked for and the one it resolves to here (pool and Dask workers resolve
+            # `auto` themselves, each to its own GPU or CPU); not in the run id, so recorded here
+            device = describe_device(resolve_device(scenario.spec.device), scenario.spec.device)
+            store.set_run_info(run_id, {**prep.describe(), "device": device})
         store.plan_cells(run_id, [c.key for c in cells])
         store.relabel_cells((c.key, scenario.pruners[c.pruner].label, scenario.sources[c.source].label,
                              scenario.conditions[c.condition].label)

@@ -83,20 +83,11 @@ class Registry(Generic[T]):
 ADDED_LATER = {"added_later": True}
 
 
-def added_later(legacy: Any) -> dict[str, Any]:
-    """Like ADDED_LATER for a parameter whose default is NOT the old behaviour: it is left out of
-    descriptions (and cell keys) only while it holds `legacy`, the value that reproduces what ran
-    before it existed. Its new default therefore enters every key: cells computed the old way are
-    never resumed as if they were computed the new way."""
-    return {"added_later": True, "legacy": legacy}
-
-
 def omit_later_defaults(model: BaseModel, data: dict[str, Any]) -> dict[str, Any]:
-    """`data` (model's JSON dump) less the ADDED_LATER fields that still hold their legacy value
-    (their default unless `added_later(legacy=...)` names another)."""
+    """`data` (model's JSON dump) less the ADDED_LATER fields that still hold their default."""
     for name, info in type(model).model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if extra.get("added_later") and getattr(model, name) == extra.get("legacy", info.default):
+        if extra.get("added_later") and getattr(model, name) == info.default:
             data.pop(info.serialization_alias or info.alias or name, None)
             data.pop(name, None)
     return data
@@ -104,7 +95,7 @@ def omit_later_defaults(model: BaseModel, data: dict[str, Any]) -> dict[str, Any
 
 class LaterDefaultsOmitted(BaseModel):
     """A config block whose dumps (also nested in another model's) leave out the ADDED_LATER
-    fields at their legacy value, so adding such a field changes no existing key."""
+    fields at their default, so adding such a field changes no existing key."""
 
     @model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: Any) -> dict[str, Any]:
@@ -117,7 +108,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def described(self) -> dict[str, Any]:
-        """The parameters as JSON, less the ones `ADDED_LATER` that still hold their legacy value."""
+        """The parameters as JSON, less the ones `ADDED_LATER` that still hold their default."""
         return omit_later_defaults(self, self.model_dump(mode="json"))
 
 

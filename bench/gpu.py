@@ -28,6 +28,7 @@ CPU side only and says so.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 import time
@@ -86,7 +87,7 @@ def measure(case: str, device, n: int) -> dict:
         weights = layout.weights_of(model)
         for name in ("lr", "swap"):
             pruner = PRUNERS.get(name)()
-            out[name], result = timed(device, lambda: pruner.prune(weights, grads, SPARSITY))
+            out[name], result = timed(device, functools.partial(pruner.prune, weights, grads, SPARSITY))
             out[f"{name}_sparsity"] = result.sparsity
         del grads
         images = torch.rand(ANALOG_IMAGES, *x.shape[1:], generator=gen).to(device)

@@ -17,7 +17,6 @@ are what a pruner edits and what is then programmed.
 from __future__ import annotations
 
 import math
-
 from typing import Any, ClassVar
 
 import torch

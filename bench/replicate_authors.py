@@ -12,7 +12,7 @@ epochs. Sources: clean and the paper's gaussian noise (STD 2 and 4 on PROP 0.25)
 Resumable (results/bench/replicate_authors.sqlite). `--quick`: clean only, s = 0.9 and 0.95.
 
 `--resnet20`: the same question at the paper's larger model, where it says SWAP's lead grows with
-size and sparsity: ResNet20 (d = 269 434 prunable weights at one input channel) on the same MNIST
+size and sparsity: ResNet20 (d = 268,048 prunable weights at one input channel) on the same MNIST
 images zero-padded to 32×32, trained 3 dense epochs (Adam, lr 3e-3, batch 128) before the protocol,
 the authors' ResNet20 fine-tuning (SGD, lr 1e-3, momentum 0.9, weight decay 1e-4, batch 64), LR and
 SWAP only, clean and STD 2 on PROP 0.25, s = 0.9 and 0.95, `--repeats` 3. Replicates run in order

@@ -75,15 +75,18 @@ def make_npz(mnist_dir: Path, out: Path) -> Path:
 
 
 def pruner_entries(protocol: str) -> str:
-    """One-shot: lr and swap run 10 solver stages (cubic schedule, no training between: the
+    """The scenario's pruner list for `protocol` (the entries of `pruner_list`, joined)."""
+    return ", ".join(pruner_list(protocol).values())
+
+
+def pruner_list(protocol: str) -> dict[str, str]:
+    """Pruner name → its YAML entry. One-shot: lr and swap run 10 solver stages (cubic schedule, no training between: the
     CHITA++/CBS style of one-shot), and lr a ridge tuned for that (λ = 0.01 relative, the spec's
     "λ tuned per model"; chosen in a one-replicate investigation, docs/pruners.md).
     multi_stage and gradual: the protocol's own stages call each pruner once per stage, at its
     defaults (nothing tuned)."""
-    if protocol == "one_shot":
-        return ", ".join({"lr": "{name: lr, stages: 10, lambda: 0.01}", "swap": "{name: swap, stages: 10}"}.get(p, p)
-                         for p in PRUNERS)
-    return ", ".join(PRUNERS)
+    one_shot = {"lr": "{name: lr, stages: 10, lambda: 0.01}", "swap": "{name: swap, stages: 10}"}
+    return {p: one_shot.get(p, p) if protocol == "one_shot" else p for p in PRUNERS}
 
 
 def scenario_text(npz: Path, protocol: str, repeats: int, quick: bool) -> str:

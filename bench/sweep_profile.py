@@ -143,21 +143,9 @@ def scenario_for(protocol: str, repeats: int, npz: Path, sparsities: str | None,
     if sparsities:
         text = text.replace(f"sparsities: {replicate_mnist.SPARSITIES}", f"sparsities: [{sparsities}]")
     line = f"pruners: [{replicate_mnist.pruner_entries(protocol)}]"
-    # the one-shot entries are "{name: lr, stages: 10, lambda: 0.01}": split on top-level commas only
-    entries, depth, cur = [], 0, ""
-    for ch in replicate_mnist.pruner_entries(protocol):
-        depth += ch == "{"
-        depth -= ch == "}"
-        if ch == "," and depth == 0:
-            entries.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    entries.append(cur.strip())
     keep = [p.strip() for p in pruners.split(",")] if pruners else None
     chosen = []
-    for entry in entries:
-        name = entry.strip("{}").split(",")[0].replace("name:", "").strip()
+    for name, entry in replicate_mnist.pruner_list(protocol).items():
         if keep is not None and name not in keep:
             continue
         if name in ("lr", "swap") and cg_columns != "all":
